@@ -1,0 +1,197 @@
+"""Answers: the extractive default, citations that resolve, and abstention on weak evidence.
+
+The extractive answerer needs no language model: it scores every sentence of the retrieved
+passages against the question (cosine of precomputed sentence vectors plus IDF-weighted term
+overlap), quotes the best ones, and cites each with the `[n]` of its passage. When the best
+sentence scores below the abstention threshold it says the documents do not hold the answer,
+in the question's language, and lists the nearest passages. Trade-off: a quote answers in the
+source's words and language, never a synthesis; an LLM backend can do that on top.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from rag.chunking import Chunk
+from rag.documents import is_chinese, normalize
+from rag.indexing import Index, sentence_key
+from rag.lexical import tokenize
+from rag.retrieval import Hit, Retrieval
+
+NOT_FOUND = {
+    "en": "The documents do not contain an answer to this question.",
+    "zh": "文档中没有找到这个问题的答案。",
+}
+QUOTE_LABEL = {  # (question language, source language) -> label before a quote
+    ("en", "zh"): "(from a Chinese source) ",
+    ("zh", "en"): "（英文原文）",
+}
+# Weight of the term-overlap share against the cosine in a sentence's evidence score.
+OVERLAP_WEIGHT = 0.5
+
+
+@dataclass(frozen=True)
+class Citation:
+    n: int
+    doc_id: str
+    title: str
+    chunk_id: str
+    text: str
+    start: int
+    end: int
+    score: float
+    # Offsets (into the document) of the sentences quoted from this passage.
+    quoted: tuple[tuple[int, int], ...] = ()
+
+
+@dataclass
+class Answer:
+    question: str
+    answer: str
+    abstained: bool
+    citations: list[Citation] = field(default_factory=list)
+    nearest: list[Citation] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    evidence: float = 0.0
+    language: str = "en"
+
+    def to_json(self) -> dict:
+        out = {
+            "question": self.question,
+            "answer": self.answer,
+            "abstained": self.abstained,
+            "citations": [_citation_json(c) for c in self.citations],
+            "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
+            "evidence": round(self.evidence, 4),
+            "language": self.language,
+        }
+        if self.abstained:
+            out["nearest"] = [_citation_json(c) for c in self.nearest]
+        return out
+
+
+def _citation_json(c: Citation) -> dict:
+    data = asdict(c)
+    data["quoted"] = [list(span) for span in c.quoted]
+    data["score"] = round(c.score, 4)
+    return data
+
+
+_MARKER = re.compile(r"\[(\d+)\]")
+
+
+def cited_numbers(text: str) -> list[int]:
+    """The `[n]` markers in `text`, in order of appearance."""
+    return [int(m) for m in _MARKER.findall(text)]
+
+
+def check_citations(answer: Answer) -> list[str]:
+    """Problems with an answer's citations: markers that resolve nowhere, citations unused."""
+    used = set(cited_numbers(answer.answer))
+    known = {c.n for c in answer.citations}
+    problems = [f"marker [{n}] has no citation" for n in sorted(used - known)]
+    problems += [f"citation {n} is never cited" for n in sorted(known - used)]
+    return problems
+
+
+def language_of(text: str) -> str:
+    return "zh" if is_chinese(text) else "en"
+
+
+@dataclass(frozen=True)
+class ScoredSentence:
+    hit_rank: int
+    hit: Hit
+    start: int  # offsets into the document
+    end: int
+    text: str
+    score: float
+
+
+def _term_weights(index: Index, terms: Sequence[str]) -> dict[str, float]:
+    return {t: index.bm25.idf_of(t) for t in dict.fromkeys(terms)}
+
+
+def score_sentences(index: Index, retrieval: Retrieval) -> list[ScoredSentence]:
+    """Every sentence of the retrieved passages with its evidence score, best first."""
+    weights = _term_weights(index, retrieval.query_terms)
+    total_weight = sum(weights.values()) or 1.0
+    candidates: dict[tuple[str, int, int], ScoredSentence] = {}
+    keys, spans = [], []
+    for rank, hit in enumerate(retrieval.hits):
+        chunk = hit.chunk
+        for s in chunk.sentences:
+            text = chunk.text[s.start - chunk.start : s.end - chunk.start]
+            keys.append(sentence_key(chunk.doc_id, text))
+            spans.append((rank, hit, s.start, s.end, text))
+    if not keys:
+        return []
+    cosines = index.sentence_vectors.get(np.array(keys, dtype=np.int64)) @ retrieval.query_vector
+    for (rank, hit, start, end, text), cosine in zip(spans, cosines):
+        key = (hit.chunk.doc_id, start, end)
+        if key in candidates:  # the same sentence in an overlapping chunk: keep the better rank
+            continue
+        present = set(tokenize(normalize(text)))
+        overlap = sum(w for t, w in weights.items() if t in present) / total_weight
+        score = float(cosine) + OVERLAP_WEIGHT * overlap
+        candidates[key] = ScoredSentence(rank, hit, start, end, text, score)
+    return sorted(candidates.values(), key=lambda s: -s.score)
+
+
+def _citation(n: int, hit: Hit, title: str, quoted: tuple[tuple[int, int], ...] = ()) -> Citation:
+    chunk: Chunk = hit.chunk
+    return Citation(
+        n=n,
+        doc_id=chunk.doc_id,
+        title=title,
+        chunk_id=chunk.chunk_id,
+        text=chunk.text,
+        start=chunk.start,
+        end=chunk.end,
+        score=hit.score,
+        quoted=quoted,
+    )
+
+
+def extractive_answer(
+    index: Index,
+    retrieval: Retrieval,
+    question: str,
+    abstain_threshold: float,
+    max_sentences: int = 2,
+    margin: float = 0.08,
+) -> Answer:
+    """Quote the best-scoring sentences with `[n]` markers, or abstain on weak evidence."""
+    language = language_of(question)
+    titles = {doc_id: meta.get("title", doc_id) for doc_id, meta in index.documents.items()}
+    ranked = score_sentences(index, retrieval)
+    evidence = ranked[0].score if ranked else 0.0
+    if not ranked or evidence < abstain_threshold:
+        nearest = [
+            _citation(i + 1, h, titles.get(h.chunk.doc_id, "")) for i, h in enumerate(retrieval.hits[:3])
+        ]
+        return Answer(question, NOT_FOUND[language], True, [], nearest, evidence=evidence, language=language)
+
+    chosen = [s for s in ranked[:max_sentences] if s.score >= evidence - margin]
+    # Quote in document order within a passage, passages in order of first use.
+    chosen.sort(key=lambda s: (s.hit_rank, s.start))
+    numbers: dict[int, int] = {}
+    quoted: dict[int, list[tuple[int, int]]] = {}
+    parts = []
+    for s in chosen:
+        n = numbers.setdefault(s.hit_rank, len(numbers) + 1)
+        quoted.setdefault(s.hit_rank, []).append((s.start, s.end))
+        label = QUOTE_LABEL.get((language, language_of(s.text)), "")
+        parts.append(f"{label}{s.text.strip()} [{n}]")
+    citations = [
+        _citation(
+            n, retrieval.hits[rank], titles.get(retrieval.hits[rank].chunk.doc_id, ""), tuple(quoted[rank])
+        )
+        for rank, n in numbers.items()
+    ]
+    text = ("" if language == "zh" else " ").join(parts)
+    return Answer(question, text, False, citations, [], evidence=evidence, language=language)

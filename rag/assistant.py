@@ -1,0 +1,110 @@
+"""The assistant: settings + embedder + index -> cited answers, with timings.
+
+It owns the index's life cycle for callers (CLI, web chat, eval): builds it when missing,
+refreshes it when the corpus changed, and swaps in a refreshed index only once it is complete,
+so questions are always answered from a whole generation. Trade-off: staleness is judged from
+file sizes and modification times, so a same-size edit within the clock's resolution is missed
+until the next explicit `rag index`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from rag.answer import Answer, extractive_answer
+from rag.config import Settings
+from rag.documents import iter_document_paths
+from rag.embeddings import Embedder, load_embedder
+from rag.indexing import Index, RefreshReport, load_index, read_manifest, refresh_index
+from rag.retrieval import Retrieval, retrieve
+
+
+class Assistant:
+    def __init__(self, settings: Settings, embedder: Embedder | None = None) -> None:
+        self.settings = settings
+        self.embedder = embedder or load_embedder(settings.embed_model, settings.cache_dir)
+        self._index: Index | None = None
+        self._refresh_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ index
+
+    @property
+    def index(self) -> Index:
+        if self._index is None:
+            self._index = load_index(self.settings.index_dir, self.embedder)
+        return self._index
+
+    def is_stale(self) -> bool:
+        """True when the index is missing or the corpus differs from what it was built from."""
+        manifest = read_manifest(self.settings.index_dir)
+        if manifest is None or manifest.get("model", {}).get("name") != self.embedder.name:
+            return True
+        indexed = manifest.get("documents", {})
+        corpus = self.settings.corpus_dir
+        current = {}
+        for doc_id, path in iter_document_paths(corpus):
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            current[doc_id] = [st.st_size, st.st_mtime_ns]
+        if set(current) != set(indexed):
+            return True
+        return any(indexed[d].get("stamp") != stamp for d, stamp in current.items())
+
+    def refresh(self, rebuild: bool = False) -> RefreshReport:
+        """Refresh the index on disk, then swap it in; questions meanwhile use the old one."""
+        with self._refresh_lock:
+            report = refresh_index(self.settings, self.embedder, rebuild=rebuild)
+            if report.changed or self._index is None:
+                self._index = load_index(self.settings.index_dir, self.embedder)
+            return report
+
+    def ensure_index(self) -> RefreshReport | None:
+        """Build or refresh the index if it is missing or stale; None when it was current."""
+        if self.is_stale():
+            return self.refresh()
+        return None
+
+    # ------------------------------------------------------------------ answering
+
+    def retrieve(self, question: str) -> Retrieval:
+        s = self.settings
+        return retrieve(self.index, self.embedder, question, s.top_k, s.candidates, s.rrf_k)
+
+    def ask(self, question: str) -> Answer:
+        question = validate_question(question)
+        index = self.index  # one generation for the whole question, even if a refresh lands
+        started = time.perf_counter()
+        s = self.settings
+        retrieval = retrieve(index, self.embedder, question, s.top_k, s.candidates, s.rrf_k)
+        retrieved = time.perf_counter()
+        answer = extractive_answer(index, retrieval, question, s.abstain_threshold, s.max_answer_sentences)
+        done = time.perf_counter()
+        answer.timings_ms = {
+            "retrieve": (retrieved - started) * 1000,
+            "answer": (done - retrieved) * 1000,
+            "total": (done - started) * 1000,
+        }
+        return answer
+
+
+MAX_QUESTION_CHARS = 2000
+
+
+class QuestionError(ValueError):
+    """A question that cannot be answered as given."""
+
+
+def validate_question(question: str) -> str:
+    """Strip control characters and bound the length; refuse what is left empty."""
+    cleaned = "".join(ch if ch.isprintable() or ch in "\n\t" else " " for ch in question).strip()
+    if not cleaned:
+        raise QuestionError("the question is empty: type a question about your documents")
+    if len(cleaned) > MAX_QUESTION_CHARS:
+        raise QuestionError(
+            f"the question is {len(cleaned)} characters long; the limit is {MAX_QUESTION_CHARS}. "
+            "Ask about one thing at a time."
+        )
+    return cleaned

@@ -1,0 +1,191 @@
+"""The `rag` command: index, ask, eval, serve. Flags fall back to RAG_* environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+from rag.config import ENV_VARS, Settings
+
+EXAMPLES = """\
+examples:
+  rag ask "第二届长三角一体化发展高层论坛集中展示了多少项重大科技成果?"
+  rag ask --json "Where was the 2023 symposium held?"
+  rag index --corpus ~/my-docs --index-dir ~/my-docs-index
+  RAG_CORPUS_DIR=~/my-docs rag ask "What does the contract say about renewal?"
+  rag eval --qa eval/qa.jsonl --out eval/report
+  rag eval --compare eval/report-before/report.json eval/report/report.json
+  rag serve --port 7860
+
+environment variables (a flag wins over its variable):
+""" + "\n".join(f"  {var:<24} --{name.replace('_', '-')}" for name, var in ENV_VARS.items())
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--corpus", dest="corpus_dir", help="folder of documents [RAG_CORPUS_DIR]")
+    parser.add_argument("--index-dir", dest="index_dir", help="where the index lives [RAG_INDEX_DIR]")
+    parser.add_argument(
+        "--model", dest="embed_model", help="sentence-transformers model name or path [RAG_EMBED_MODEL]"
+    )
+    parser.add_argument("--cache-dir", dest="cache_dir", help="model cache [RAG_CACHE_DIR]")
+    parser.add_argument("--top-k", dest="top_k", type=int, help="passages per answer [RAG_TOP_K]")
+    parser.add_argument(
+        "--abstain-threshold",
+        dest="abstain_threshold",
+        type=float,
+        help="evidence below this abstains [RAG_ABSTAIN_THRESHOLD]",
+    )
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    names = ("corpus_dir", "index_dir", "embed_model", "cache_dir", "top_k", "abstain_threshold")
+    return Settings.from_env(**{n: getattr(args, n, None) for n in names})
+
+
+def _assistant(settings: Settings, refresh: bool = True):
+    from rag.assistant import Assistant
+
+    assistant = Assistant(settings)
+    if refresh:
+        report = assistant.ensure_index()
+        if report is not None and report.changed:
+            print(f"index refreshed: {report.summary()}", file=sys.stderr)
+        elif report is not None and report.skipped:
+            print(report.summary(), file=sys.stderr)
+    return assistant
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from rag.assistant import Assistant
+
+    settings = _settings(args)
+    report = Assistant(settings).refresh(rebuild=args.rebuild)
+    print(
+        report.summary()
+        if report.changed or report.skipped
+        else f"index is up to date ({len(report.unchanged)} documents)"
+    )
+    print(f"index: {settings.index_dir}")
+    return 0
+
+
+def _print_answer(answer, width: int = 100) -> None:
+    print(textwrap.fill(answer.answer, width) if answer.language == "en" else answer.answer)
+    sources = answer.nearest if answer.abstained else answer.citations
+    if sources:
+        print("\nNearest passages:" if answer.abstained else "\nSources:")
+    for c in sources:
+        print(f"[{c.n}] {c.doc_id} (chars {c.start}-{c.end}, score {c.score:.3f}) {c.title}")
+        snippet = " ".join(c.text.split())
+        print(textwrap.indent(textwrap.shorten(snippet, 300, placeholder=" ..."), "    "))
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from rag.assistant import QuestionError
+
+    assistant = _assistant(_settings(args))
+    question = " ".join(args.question)
+    try:
+        answer = assistant.ask(question)
+    except QuestionError as exc:
+        print(f"rag ask: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(answer.to_json(), ensure_ascii=False, indent=2))
+    else:
+        _print_answer(answer)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rag import evaluate
+
+    if args.compare:
+        print(evaluate.compare_reports(Path(args.compare[0]), Path(args.compare[1])))
+        return 0
+    assistant = _assistant(_settings(args))
+    report = evaluate.run_eval(assistant, Path(args.qa), progress=True)
+    out = Path(args.out)
+    evaluate.write_report(report, out)
+    print(evaluate.summary_table(report))
+    print(f"\nreport: {out / 'report.json'}, {out / 'report.md'}, {out / 'report.png'}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import runpy
+
+    sys.argv = ["app.py", "--host", args.host, "--port", str(args.port)]
+    runpy.run_path(str(Path(__file__).resolve().parent.parent / "app.py"), run_name="__main__")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rag",
+        description="Offline, bilingual (English/Chinese) question answering over your documents, "
+        "with cited answers.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser(
+        "index",
+        help="build or refresh the index (only what changed)",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_settings_flags(p)
+    p.add_argument("--rebuild", action="store_true", help="re-embed everything from scratch")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser(
+        "ask",
+        help="answer a question with cited sources",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_settings_flags(p)
+    p.add_argument("--json", action="store_true", help="print the answer as JSON")
+    p.add_argument("question", nargs="+")
+    p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser(
+        "eval",
+        help="run the eval suite and write a report",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_settings_flags(p)
+    p.add_argument(
+        "--qa",
+        default=str(Path(__file__).resolve().parent.parent / "eval" / "qa.jsonl"),
+        help="JSONL file of questions (default: the bundled eval/qa.jsonl)",
+    )
+    p.add_argument("--out", default="eval/report", help="folder for report.json/.md/.png")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="print differences of two reports")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("serve", help="start the web chat")
+    p.add_argument("--host", default=os.environ.get("RAG_HOST", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("RAG_PORT", "7860")))
+    p.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"rag {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Settings: one frozen dataclass, filled from flags, then environment variables, then defaults.
+
+Paths default to the project's own `corpus/` and `index/`, so the quick start needs no setup;
+`RAG_HOME` moves every default (index, model cache) at once, which is what tests redirect.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_EMBED_MODEL = "multilingual-e5-small"
+
+# Environment variable for each setting a user may want to change without a flag.
+ENV_VARS = {
+    "corpus_dir": "RAG_CORPUS_DIR",
+    "index_dir": "RAG_INDEX_DIR",
+    "embed_model": "RAG_EMBED_MODEL",
+    "cache_dir": "RAG_CACHE_DIR",
+    "top_k": "RAG_TOP_K",
+    "abstain_threshold": "RAG_ABSTAIN_THRESHOLD",
+}
+
+
+def _home() -> Path | None:
+    home = os.environ.get("RAG_HOME")
+    return Path(home) if home else None
+
+
+def _default_index_dir() -> Path:
+    home = _home()
+    return home / "index" if home else PROJECT_ROOT / "index"
+
+
+def _default_cache_dir() -> Path:
+    home = _home()
+    if home:
+        return home / "cache"
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rag"
+
+
+@dataclass(frozen=True)
+class Settings:
+    corpus_dir: Path = field(default_factory=lambda: PROJECT_ROOT / "corpus")
+    index_dir: Path = field(default_factory=_default_index_dir)
+    embed_model: str = DEFAULT_EMBED_MODEL
+    cache_dir: Path = field(default_factory=_default_cache_dir)
+    # Chunk size in tokens of the embedding model; calibrated on eval/qa.jsonl.
+    chunk_tokens: int = 160
+    chunk_overlap: int = 32
+    # Passages shown to the answerer, and candidates each retriever contributes to fusion.
+    top_k: int = 5
+    candidates: int = 40
+    rrf_k: int = 60
+    # Minimum evidence score (see rag.answer.evidence_score) below which the assistant abstains.
+    abstain_threshold: float = 0.5
+    max_answer_sentences: int = 2
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        """Flags (non-None overrides) win over environment variables, which win over defaults."""
+        values: dict[str, object] = {}
+        types = {f.name: f.type for f in fields(cls)}
+        for name, var in ENV_VARS.items():
+            raw = os.environ.get(var)
+            if raw:
+                values[name] = _coerce(types[name], raw, var)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        for name in ("corpus_dir", "index_dir", "cache_dir"):
+            if name in values:
+                values[name] = Path(values[name]).expanduser()
+        return cls(**values)
+
+    def with_(self, **changes: object) -> Settings:
+        return replace(self, **changes)
+
+
+def _coerce(type_name: object, raw: str, var: str) -> object:
+    kind = str(type_name)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{var}={raw!r} is not a valid {kind}") from exc
+    return raw

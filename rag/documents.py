@@ -1,0 +1,217 @@
+"""Documents: load .txt, .md and .html files from a folder, decoding what real folders hold.
+
+Text is kept as found (only line endings unified) so that chunk offsets index the text a user
+sees; search-side normalisation (NFKC, whitespace) happens per chunk in `normalize`. A file
+that cannot be read or decoded is reported by name and skipped; it never stops the rest.
+Trade-off: encodings are detected from BOMs and strict trial decodes (UTF-8, then GB18030),
+not statistically, so a legacy single-byte file may be refused rather than mis-decoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+
+SUPPORTED_SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm")
+MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Document:
+    doc_id: str  # path relative to the corpus folder, with forward slashes
+    title: str
+    text: str  # the text shown to users; chunk offsets index into it
+    content_hash: str  # sha256 of the raw bytes: what incremental refresh compares
+
+
+@dataclass(frozen=True)
+class LoadError:
+    doc_id: str
+    reason: str
+
+
+class DocumentError(ValueError):
+    """A single document could not be turned into text."""
+
+
+_SPACES = re.compile(r"[ \t\u00a0\u3000\u200b\ufeff]+")
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+
+
+def normalize(text: str) -> str:
+    """NFKC and collapsed whitespace: the form search and comparison work on."""
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip()
+
+
+def is_chinese(text: str) -> bool:
+    """True when CJK characters make up a fair share of the letters in `text`."""
+    cjk = len(_CJK.findall(text))
+    latin = len(re.findall(r"[A-Za-z]", text))
+    return cjk > 0 and cjk >= latin / 4
+
+
+def decode_bytes(raw: bytes) -> str:
+    """Decode a text file: BOMs first, then strict UTF-8, then GB18030 (common for Chinese)."""
+    if raw.startswith(b"\xef\xbb\xbf"):
+        return raw[3:].decode("utf-8", errors="strict")
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return raw.decode("utf-16")
+    if b"\x00" in raw[:8192]:
+        raise DocumentError("looks binary (NUL bytes) and has no UTF-16 byte-order mark")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    try:
+        text = raw.decode("gb18030")
+    except UnicodeDecodeError as exc:
+        raise DocumentError("not valid UTF-8, UTF-16 or GB18030 text") from exc
+    # GB18030 decodes almost any byte string; accept it only if the result reads as text.
+    readable = sum(1 for ch in text if ch.isprintable() or ch in "\n\r\t")
+    if not _CJK.search(text) or readable < 0.98 * len(text):
+        raise DocumentError("not valid UTF-8, and does not read as GB18030 Chinese text")
+    return text
+
+
+class _TextExtractor(HTMLParser):
+    _SKIP = {"script", "style", "noscript", "template", "head"}
+    _BLOCK = {
+        "p",
+        "div",
+        "br",
+        "li",
+        "tr",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "title",
+        "section",
+        "article",
+        "header",
+        "footer",
+        "table",
+        "ul",
+        "ol",
+        "pre",
+        "blockquote",
+    }
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.title: list[str] = []
+        self._skip_depth = 0
+        self._in_title = False
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag == "title":
+            self._in_title = True
+        elif tag in self._SKIP:
+            self._skip_depth += 1
+        if tag in self._BLOCK:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "title":
+            self._in_title = False
+        elif tag in self._SKIP and self._skip_depth:
+            self._skip_depth -= 1
+        if tag in self._BLOCK:
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if self._in_title:
+            self.title.append(data)
+        elif not self._skip_depth:
+            self.parts.append(data)
+
+
+def html_to_text(html: str) -> str:
+    """Visible text of an HTML page, one line per block; scripts and styles dropped."""
+    parser = _TextExtractor()
+    parser.feed(html)
+    parser.close()
+    body = "".join(parser.parts)
+    lines = [_SPACES.sub(" ", line).strip() for line in body.splitlines()]
+    text = "\n".join(line for line in lines if line)
+    title = _SPACES.sub(" ", "".join(parser.title)).strip()
+    if title and not text.startswith(title):
+        text = f"{title}\n{text}"
+    return text
+
+
+def title_of(text: str) -> str:
+    for line in text.splitlines():
+        line = line.strip()
+        if line:
+            return line[:200]
+    return ""
+
+
+def load_document(path: Path, doc_id: str) -> Document:
+    size = path.stat().st_size
+    if size > MAX_DOCUMENT_BYTES:
+        raise DocumentError(f"larger than {MAX_DOCUMENT_BYTES // 2**20} MB")
+    raw = path.read_bytes()
+    text = decode_bytes(raw).replace("\r\n", "\n").replace("\r", "\n")
+    if path.suffix.lower() in (".html", ".htm"):
+        text = html_to_text(text)
+    if not text.strip():
+        raise DocumentError("contains no text")
+    return Document(
+        doc_id=doc_id,
+        title=title_of(text),
+        text=text,
+        content_hash=hashlib.sha256(raw).hexdigest(),
+    )
+
+
+def iter_document_paths(corpus_dir: Path) -> Iterator[tuple[str, Path]]:
+    """(doc_id, path) for every supported file under `corpus_dir`, sorted, symlink loops skipped."""
+    seen_dirs: set[tuple[int, int]] = set()
+    found: list[tuple[str, Path]] = []
+    for root, dirs, files in os.walk(corpus_dir, followlinks=True):
+        try:
+            st = os.stat(root)
+        except OSError:
+            dirs[:] = []
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in seen_dirs:  # a symlink loop, or a second link to the same folder
+            dirs[:] = []
+            continue
+        seen_dirs.add(key)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in files:
+            if name.startswith(".") or not name.lower().endswith(SUPPORTED_SUFFIXES):
+                continue
+            path = Path(root) / name
+            found.append((path.relative_to(corpus_dir).as_posix(), path))
+    yield from sorted(found)
+
+
+def load_corpus(corpus_dir: Path) -> tuple[list[Document], list[LoadError]]:
+    """Every readable document under `corpus_dir`, and a reason for each one skipped."""
+    if not corpus_dir.is_dir():
+        raise FileNotFoundError(
+            f"corpus folder {corpus_dir} does not exist: create it or point "
+            "--corpus / RAG_CORPUS_DIR at your documents"
+        )
+    documents: list[Document] = []
+    errors: list[LoadError] = []
+    for doc_id, path in iter_document_paths(corpus_dir):
+        try:
+            documents.append(load_document(path, doc_id))
+        except (OSError, DocumentError, UnicodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            errors.append(LoadError(doc_id, reason or type(exc).__name__))
+    return documents, errors

@@ -1,0 +1,469 @@
+"""The on-disk index: chunk and sentence vectors, chunk metadata and terms, and a manifest.
+
+Layout: `index_dir/CURRENT` names the live generation, `index_dir/gen-NNNNNN/` holds its files
+(`manifest.json`, `chunks.jsonl`, `chunks.faiss`, `sentences.faiss`). A refresh writes a new
+generation beside the old one, fsyncs it, then atomically replaces CURRENT, so a crash leaves
+either the old or the new index, never a mix. Refresh is incremental by content hash: a
+document whose bytes are unchanged is not re-chunked, and a chunk or sentence whose text is
+unchanged keeps its vector. Trade-off: each refresh rewrites the (small) metadata files whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from rag import __version__
+from rag.chunking import Chunk, Sentence, chunk_document, int_id
+from rag.config import Settings
+from rag.documents import Document, LoadError, load_corpus, normalize
+from rag.embeddings import Embedder
+from rag.lexical import BM25, tokenize
+from rag.store import VectorStore
+
+FORMAT_VERSION = 1
+_FILES = ("manifest.json", "chunks.jsonl", "chunks.faiss", "sentences.faiss")
+
+
+class IndexError_(RuntimeError):
+    """The index on disk is missing, unreadable or was built with other settings."""
+
+
+class IndexMissingError(IndexError_):
+    pass
+
+
+class IndexMismatchError(IndexError_):
+    pass
+
+
+def sentence_key(doc_id: str, text: str) -> int:
+    """Sentence vectors are shared by the overlapping chunks that contain the sentence."""
+    return int_id(f"{doc_id}\x00{normalize(text)}")
+
+
+@dataclass
+class Index:
+    """A loaded index generation: what retrieval and answering read."""
+
+    manifest: dict
+    chunks: list[Chunk]
+    terms: list[list[str]]
+    chunk_vectors: VectorStore
+    sentence_vectors: VectorStore
+    path: Path
+    row_of_id: dict[int, int] = field(init=False)
+    chunk_rows_of_sentence: dict[int, list[int]] = field(init=False)
+    bm25: BM25 = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.row_of_id = {int_id(c.chunk_id): row for row, c in enumerate(self.chunks)}
+        self.chunk_rows_of_sentence = {}
+        for row, chunk in enumerate(self.chunks):
+            for key in self.sentence_keys(chunk):
+                self.chunk_rows_of_sentence.setdefault(key, []).append(row)
+        self.bm25 = BM25(self.terms)
+
+    @staticmethod
+    def sentence_keys(chunk: Chunk) -> list[int]:
+        base = chunk.start
+        return [
+            sentence_key(chunk.doc_id, chunk.text[s.start - base : s.end - base]) for s in chunk.sentences
+        ]
+
+    @property
+    def documents(self) -> dict[str, dict]:
+        return self.manifest["documents"]
+
+
+@dataclass
+class RefreshReport:
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    skipped: list[LoadError] = field(default_factory=list)
+    rebuilt_because: str | None = None
+    embedded_chunks: int = 0
+    embedded_sentences: int = 0
+    seconds: float = 0.0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.updated or self.removed or self.rebuilt_because)
+
+    def summary(self) -> str:
+        lines = []
+        if self.rebuilt_because:
+            lines.append(f"full rebuild: {self.rebuilt_because}")
+        lines.append(
+            f"added {len(self.added)}, updated {len(self.updated)}, removed {len(self.removed)}, "
+            f"unchanged {len(self.unchanged)}, skipped {len(self.skipped)} "
+            f"(embedded {self.embedded_chunks} chunks, {self.embedded_sentences} sentences "
+            f"in {self.seconds:.1f} s)"
+        )
+        for name, ids in (("added", self.added), ("updated", self.updated), ("removed", self.removed)):
+            lines.extend(f"  {name}: {doc_id}" for doc_id in ids)
+        lines.extend(f"  skipped: {e.doc_id}: {e.reason}" for e in self.skipped)
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def current_generation(index_dir: Path) -> Path | None:
+    try:
+        name = (index_dir / "CURRENT").read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    return index_dir / name
+
+
+def read_manifest(index_dir: Path) -> dict | None:
+    gen = current_generation(index_dir)
+    if gen is None:
+        return None
+    try:
+        return json.loads((gen / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _checksum(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_compatible(manifest: dict, model_name: str, dim: int) -> None:
+    built_with = manifest.get("model", {})
+    if built_with.get("name") != model_name or built_with.get("dimension") != dim:
+        raise IndexMismatchError(
+            f"the index was built with model {built_with.get('name')!r} "
+            f"(dimension {built_with.get('dimension')}), but the configured model is "
+            f"{model_name!r} (dimension {dim}). Run `rag index --rebuild` to rebuild it, "
+            "or set RAG_EMBED_MODEL back to the model it was built with."
+        )
+
+
+def load_index(index_dir: Path, embedder: Embedder | None = None) -> Index:
+    """Load the live generation, verifying file checksums and (given an embedder) the model."""
+    gen = current_generation(index_dir)
+    if gen is None:
+        raise IndexMissingError(f"no index in {index_dir}: run `rag index` to build one")
+    fix = "Run `rag index --rebuild` to rebuild it."
+    try:
+        manifest = json.loads((gen / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise IndexError_(f"cannot read {gen / 'manifest.json'}: {exc}. {fix}") from exc
+    if manifest.get("format") != FORMAT_VERSION:
+        raise IndexMismatchError(f"index format {manifest.get('format')} is not {FORMAT_VERSION}. {fix}")
+    for name, expected in manifest.get("checksums", {}).items():
+        path = gen / name
+        if not path.exists():
+            raise IndexError_(f"index file {path} is missing. {fix}")
+        if _checksum(path) != expected:
+            raise IndexError_(f"index file {path} is damaged (checksum mismatch). {fix}")
+    if embedder is not None:
+        check_compatible(manifest, embedder.name, embedder.dim)
+    chunks, terms = [], []
+    with (gen / "chunks.jsonl").open(encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            chunks.append(
+                Chunk(
+                    chunk_id=row["chunk_id"],
+                    doc_id=row["doc_id"],
+                    start=row["start"],
+                    end=row["end"],
+                    text=row["text"],
+                    sentences=tuple(Sentence(s, e) for s, e in row["sentences"]),
+                )
+            )
+            terms.append(row["terms"])
+    return Index(
+        manifest=manifest,
+        chunks=chunks,
+        terms=terms,
+        chunk_vectors=VectorStore.load(gen / "chunks.faiss"),
+        sentence_vectors=VectorStore.load(gen / "sentences.faiss"),
+        path=gen,
+    )
+
+
+# --------------------------------------------------------------------------- writing
+
+
+@contextlib.contextmanager
+def index_lock(index_dir: Path, wait: bool = True) -> Iterator[None]:
+    """One writer at a time; a second `rag index` waits (or, with wait=False, stops)."""
+    index_dir.mkdir(parents=True, exist_ok=True)
+    with (index_dir / ".lock").open("w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                raise IndexError_(f"another `rag index` is updating {index_dir}; try again later")
+            print(f"waiting for another `rag index` to finish with {index_dir} ...", file=sys.stderr)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_generation(
+    index_dir: Path,
+    manifest: dict,
+    chunks: list[Chunk],
+    terms: list[list[str]],
+    chunk_store: VectorStore,
+    sentence_store: VectorStore,
+) -> Path:
+    previous = current_generation(index_dir)
+    number = int(previous.name.split("-")[1]) + 1 if previous else 1
+    name = f"gen-{number:06d}"
+    staging = index_dir / f".{name}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    with (staging / "chunks.jsonl").open("w", encoding="utf-8") as fh:
+        for chunk, chunk_terms in zip(chunks, terms):
+            row = {
+                "chunk_id": chunk.chunk_id,
+                "doc_id": chunk.doc_id,
+                "start": chunk.start,
+                "end": chunk.end,
+                "text": chunk.text,
+                "sentences": [[s.start, s.end] for s in chunk.sentences],
+                "terms": chunk_terms,
+            }
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    chunk_store.save(staging / "chunks.faiss")
+    sentence_store.save(staging / "sentences.faiss")
+    manifest["checksums"] = {n: _checksum(staging / n) for n in _FILES if n != "manifest.json"}
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False), "utf-8")
+    for n in _FILES:
+        with (staging / n).open("rb") as fh:
+            os.fsync(fh.fileno())
+    _fsync_dir(staging)
+    final = index_dir / name
+    os.rename(staging, final)
+    pointer = index_dir / ".CURRENT.tmp"
+    with pointer.open("w", encoding="utf-8") as fh:
+        fh.write(name)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(pointer, index_dir / "CURRENT")
+    _fsync_dir(index_dir)
+    # Older generations are no longer reachable; readers that opened them keep their open files.
+    for old in index_dir.glob("gen-*"):
+        if old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+    for stale in index_dir.glob(".gen-*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def _versions() -> dict[str, str]:
+    import faiss
+
+    versions = {"rag": __version__, "faiss": faiss.__version__, "numpy": np.__version__}
+    with contextlib.suppress(ImportError):
+        import sentence_transformers
+
+        versions["sentence_transformers"] = sentence_transformers.__version__
+    return versions
+
+
+def _file_stamp(corpus_dir: Path, doc_id: str) -> list[int]:
+    st = (corpus_dir / doc_id).stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _embed_in_batches(
+    embed: Callable[[list[str]], np.ndarray], texts: list[str], dim: int, label: str, batch: int = 64
+) -> np.ndarray:
+    if not texts:
+        return np.zeros((0, dim), dtype=np.float32)
+    from tqdm import tqdm
+
+    out = []
+    with tqdm(
+        total=len(texts),
+        desc=f"embedding {label}",
+        unit=label,
+        file=sys.stderr,
+        disable=len(texts) < 2 * batch,
+        leave=False,
+    ) as bar:
+        for i in range(0, len(texts), batch):
+            part = texts[i : i + batch]
+            out.append(embed(part))
+            bar.update(len(part))
+    return np.vstack(out)
+
+
+def _rebuild_reason(old: dict | None, settings: Settings, embedder: Embedder) -> str | None:
+    if old is None:
+        return None
+    try:
+        check_compatible(old, embedder.name, embedder.dim)
+    except IndexMismatchError:
+        return f"embedding model changed from {old.get('model', {}).get('name')!r} to {embedder.name!r}"
+    chunking = {"max_tokens": settings.chunk_tokens, "overlap": settings.chunk_overlap}
+    if old.get("chunking") != chunking:
+        return f"chunking settings changed from {old.get('chunking')} to {chunking}"
+    return None
+
+
+def refresh_index(settings: Settings, embedder: Embedder, rebuild: bool = False) -> RefreshReport:
+    """Bring the index in `settings.index_dir` up to date with `settings.corpus_dir`."""
+    started = time.perf_counter()
+    report = RefreshReport()
+    documents, report.skipped = load_corpus(settings.corpus_dir)
+    with index_lock(settings.index_dir):
+        old_manifest = read_manifest(settings.index_dir)
+        old: Index | None = None
+        report.rebuilt_because = "--rebuild requested" if rebuild and old_manifest else None
+        report.rebuilt_because = report.rebuilt_because or _rebuild_reason(old_manifest, settings, embedder)
+        if old_manifest is not None and report.rebuilt_because is None:
+            try:
+                old = load_index(settings.index_dir, embedder)
+            except IndexError_ as exc:
+                report.rebuilt_because = f"the previous index could not be read ({exc})"
+        _plan_and_write(settings, embedder, documents, old, report)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _plan_and_write(
+    settings: Settings,
+    embedder: Embedder,
+    documents: list[Document],
+    old: Index | None,
+    report: RefreshReport,
+) -> None:
+    old_docs = old.documents if old else {}
+    old_chunks_by_doc: dict[str, list[int]] = {}
+    if old:
+        for row, chunk in enumerate(old.chunks):
+            old_chunks_by_doc.setdefault(chunk.doc_id, []).append(row)
+
+    present = {d.doc_id for d in documents}
+    # A document that was indexed before but cannot be read now keeps its previous version:
+    # a transient read error must not silently drop it from answers.
+    unreadable_but_indexed = {e.doc_id for e in report.skipped if e.doc_id in old_docs}
+
+    chunks: list[Chunk] = []
+    terms: list[list[str]] = []
+    doc_entries: dict[str, dict] = {}
+    for doc in documents:
+        previous = old_docs.get(doc.doc_id)
+        if previous and previous["sha256"] == doc.content_hash and old is not None:
+            rows = old_chunks_by_doc.get(doc.doc_id, [])
+            chunks.extend(old.chunks[r] for r in rows)
+            terms.extend(old.terms[r] for r in rows)
+            report.unchanged.append(doc.doc_id)
+        else:
+            new_chunks = chunk_document(
+                doc, embedder.count_tokens, settings.chunk_tokens, settings.chunk_overlap
+            )
+            chunks.extend(new_chunks)
+            terms.extend(tokenize(c.search_text) for c in new_chunks)
+            (report.updated if previous else report.added).append(doc.doc_id)
+        doc_entries[doc.doc_id] = {
+            "title": doc.title,
+            "sha256": doc.content_hash,
+            "stamp": _file_stamp(settings.corpus_dir, doc.doc_id),
+            "chars": len(doc.text),
+        }
+    for doc_id in sorted(unreadable_but_indexed - present):
+        rows = old_chunks_by_doc.get(doc_id, [])
+        chunks.extend(old.chunks[r] for r in rows)
+        terms.extend(old.terms[r] for r in rows)
+        doc_entries[doc_id] = old_docs[doc_id]
+    report.removed = sorted(set(old_docs) - present - unreadable_but_indexed)
+
+    if old is not None and not report.changed:
+        return  # nothing to write: the live generation is already current
+
+    chunk_store = _carry_vectors(
+        [(int_id(c.chunk_id), c.search_text) for c in chunks],
+        old.chunk_vectors if old else None,
+        embedder,
+        "chunks",
+        report,
+        "embedded_chunks",
+    )
+    sentence_items: dict[int, str] = {}
+    for chunk in chunks:
+        for key, s in zip(Index.sentence_keys(chunk), chunk.sentences):
+            sentence_items.setdefault(key, normalize(chunk.text[s.start - chunk.start : s.end - chunk.start]))
+    sentence_store = _carry_vectors(
+        list(sentence_items.items()),
+        old.sentence_vectors if old else None,
+        embedder,
+        "sentences",
+        report,
+        "embedded_sentences",
+    )
+
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    manifest = {
+        "format": FORMAT_VERSION,
+        "model": {"name": embedder.name, "dimension": embedder.dim, "normalized": True},
+        "chunking": {"max_tokens": settings.chunk_tokens, "overlap": settings.chunk_overlap},
+        "versions": _versions(),
+        "created": old.manifest["created"] if old else now,
+        "updated": now,
+        "corpus_dir": str(settings.corpus_dir),
+        "counts": {"documents": len(doc_entries), "chunks": len(chunks), "sentences": len(sentence_items)},
+        "documents": doc_entries,
+    }
+    _write_generation(settings.index_dir, manifest, chunks, terms, chunk_store, sentence_store)
+
+
+def _carry_vectors(
+    items: list[tuple[int, str]],
+    old_store: VectorStore | None,
+    embedder: Embedder,
+    label: str,
+    report: RefreshReport,
+    counter: str,
+) -> VectorStore:
+    """A store holding a vector per (id, text): old vectors reused by id, the rest embedded."""
+    store = VectorStore(embedder.dim)
+    ids = np.array([i for i, _ in items], dtype=np.int64)
+    if old_store is not None and len(old_store):
+        reuse = np.isin(ids, old_store.ids())
+    else:
+        reuse = np.zeros(len(ids), dtype=bool)
+    if reuse.any():
+        store.add(ids[reuse], old_store.get(ids[reuse]))
+    todo = [items[i][1] for i in np.flatnonzero(~reuse)]
+    vectors = _embed_in_batches(embedder.embed_passages, todo, embedder.dim, label)
+    store.add(ids[~reuse], vectors)
+    setattr(report, counter, getattr(report, counter) + len(todo))
+    return store

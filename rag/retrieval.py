@@ -1,0 +1,109 @@
+"""Hybrid retrieval: dense chunk and sentence vectors plus BM25, fused by reciprocal rank.
+
+Three ranked lists are fused with RRF (score = sum of weight / (k + rank)): chunk vectors find
+passages about the question's topic, sentence vectors find the one sentence that carries a fact
+(a chunk-level vector dilutes it), BM25 finds exact names and numbers. RRF needs no score
+calibration between them. Trade-off: a chunk found by one list only ranks below one that two
+lists agree on, even when that one list was sure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from rag.chunking import Chunk
+from rag.documents import normalize
+from rag.embeddings import Embedder
+from rag.indexing import Index
+from rag.lexical import tokenize
+
+
+@dataclass(frozen=True)
+class Hit:
+    chunk: Chunk
+    row: int  # position of the chunk in Index.chunks
+    score: float  # fused RRF score: what the ranking uses
+    dense: float  # best cosine of the query with the chunk or one of its sentences
+    lexical: float  # BM25 score (0 when the chunk shares no term with the query)
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    query: str
+    query_vector: np.ndarray
+    query_terms: list[str]
+    hits: list[Hit]
+
+
+@dataclass(frozen=True)
+class FusionWeights:
+    chunks: float = 1.0
+    sentences: float = 1.0
+    lexical: float = 1.0
+
+
+def reciprocal_rank_fusion(
+    rankings: list[list[int]], weights: list[float], k: int = 60
+) -> list[tuple[int, float]]:
+    """Fuse ranked lists of ids into one (id, score) list, best first, ties by first appearance."""
+    scores: dict[int, float] = {}
+    for ranking, weight in zip(rankings, weights):
+        for rank, item in enumerate(ranking):
+            scores[item] = scores.get(item, 0.0) + weight / (k + rank + 1)
+    return sorted(scores.items(), key=lambda pair: -pair[1])
+
+
+def retrieve(
+    index: Index,
+    embedder: Embedder,
+    question: str,
+    top_k: int = 5,
+    candidates: int = 40,
+    rrf_k: int = 60,
+    weights: FusionWeights = FusionWeights(),
+) -> Retrieval:
+    query = normalize(question)
+    query_vector = embedder.embed_queries([query])[0]
+    terms = tokenize(query)
+    if not index.chunks:
+        return Retrieval(query, query_vector, terms, [])
+
+    dense_best: dict[int, float] = {}
+    scores, ids = index.chunk_vectors.search(query_vector, candidates)
+    chunk_ranking = []
+    for score, id_ in zip(scores[0], ids[0]):
+        row = index.row_of_id.get(int(id_))
+        if row is not None:
+            chunk_ranking.append(row)
+            dense_best[row] = max(dense_best.get(row, -1.0), float(score))
+
+    scores, ids = index.sentence_vectors.search(query_vector, candidates * 2)
+    sentence_ranking: list[int] = []
+    for score, id_ in zip(scores[0], ids[0]):
+        for row in index.chunk_rows_of_sentence.get(int(id_), []):
+            dense_best[row] = max(dense_best.get(row, -1.0), float(score))
+            if row not in sentence_ranking:
+                sentence_ranking.append(row)
+    sentence_ranking = sentence_ranking[:candidates]
+
+    lexical_rows, lexical_scores = index.bm25.top(terms, candidates)
+    lexical_of = dict(zip(lexical_rows.tolist(), lexical_scores.tolist()))
+
+    fused = reciprocal_rank_fusion(
+        [chunk_ranking, sentence_ranking, lexical_rows.tolist()],
+        [weights.chunks, weights.sentences, weights.lexical],
+        rrf_k,
+    )
+    hits = [
+        Hit(
+            chunk=index.chunks[row],
+            row=row,
+            score=score,
+            dense=dense_best.get(row, 0.0),
+            lexical=lexical_of.get(row, 0.0),
+        )
+        for row, score in fused[:top_k]
+    ]
+    return Retrieval(query, query_vector, terms, hits)
