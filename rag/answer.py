@@ -171,9 +171,7 @@ def extractive_answer(
     ranked = score_sentences(index, retrieval)
     evidence = ranked[0].score if ranked else 0.0
     if not ranked or evidence < abstain_threshold:
-        nearest = [
-            _citation(i + 1, h, titles.get(h.chunk.doc_id, "")) for i, h in enumerate(retrieval.hits[:3])
-        ]
+        nearest = [_citation(i + 1, h, titles.get(h.chunk.doc_id, "")) for i, h in enumerate(retrieval.hits[:3])]
         return Answer(question, NOT_FOUND[language], True, [], nearest, evidence=evidence, language=language)
 
     chosen = [s for s in ranked[:max_sentences] if s.score >= evidence - margin]
@@ -188,9 +186,7 @@ def extractive_answer(
         label = QUOTE_LABEL.get((language, language_of(s.text)), "")
         parts.append(f"{label}{s.text.strip()} [{n}]")
     citations = [
-        _citation(
-            n, retrieval.hits[rank], titles.get(retrieval.hits[rank].chunk.doc_id, ""), tuple(quoted[rank])
-        )
+        _citation(n, retrieval.hits[rank], titles.get(retrieval.hits[rank].chunk.doc_id, ""), tuple(quoted[rank]))
         for rank, n in numbers.items()
     ]
     text = ("" if language == "zh" else " ").join(parts)

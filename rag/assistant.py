@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 from rag.answer import Answer, extractive_answer
 from rag.config import Settings
@@ -74,20 +75,25 @@ class Assistant:
         return retrieve(self.index, self.embedder, question, s.top_k, s.candidates, s.rrf_k)
 
     def ask(self, question: str) -> Answer:
+        return self.ask_detailed(question)[0]
+
+    def ask_detailed(self, question: str, depth: int = 0) -> tuple[Answer, Retrieval]:
+        """The answer and the retrieval behind it, ranked `depth` deep (for evaluation)."""
         question = validate_question(question)
         index = self.index  # one generation for the whole question, even if a refresh lands
-        started = time.perf_counter()
         s = self.settings
-        retrieval = retrieve(index, self.embedder, question, s.top_k, s.candidates, s.rrf_k)
+        started = time.perf_counter()
+        retrieval = retrieve(index, self.embedder, question, max(s.top_k, depth), s.candidates, s.rrf_k)
         retrieved = time.perf_counter()
-        answer = extractive_answer(index, retrieval, question, s.abstain_threshold, s.max_answer_sentences)
+        shown = replace(retrieval, hits=retrieval.hits[: s.top_k])
+        answer = extractive_answer(index, shown, question, s.abstain_threshold, s.max_answer_sentences)
         done = time.perf_counter()
         answer.timings_ms = {
             "retrieve": (retrieved - started) * 1000,
             "answer": (done - retrieved) * 1000,
             "total": (done - started) * 1000,
         }
-        return answer
+        return answer, retrieval
 
 
 MAX_QUESTION_CHARS = 2000

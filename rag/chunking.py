@@ -73,9 +73,7 @@ def _trimmed(text: str, start: int, end: int) -> list[Sentence]:
     return [Sentence(start, end)] if end > start else []
 
 
-def _cut_long_sentence(
-    text: str, sentence: Sentence, count_tokens: CountTokens, max_tokens: int
-) -> list[Sentence]:
+def _cut_long_sentence(text: str, sentence: Sentence, count_tokens: CountTokens, max_tokens: int) -> list[Sentence]:
     """Cut a sentence that alone exceeds `max_tokens` into pieces that fit."""
     pieces: list[Sentence] = []
     start = sentence.start
@@ -100,9 +98,7 @@ def _cut_long_sentence(
     return pieces
 
 
-def chunk_document(
-    doc: Document, count_tokens: CountTokens, max_tokens: int = 160, overlap: int = 32
-) -> list[Chunk]:
+def chunk_document(doc: Document, count_tokens: CountTokens, max_tokens: int = 160, overlap: int = 32) -> list[Chunk]:
     """Pack the document's sentences into overlapping chunks of at most `max_tokens` tokens."""
     if overlap >= max_tokens:
         raise ValueError(f"overlap ({overlap}) must be smaller than max_tokens ({max_tokens})")

@@ -127,8 +127,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rag",
-        description="Offline, bilingual (English/Chinese) question answering over your documents, "
-        "with cited answers.",
+        description="Offline, bilingual (English/Chinese) question answering over your documents, with cited answers.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

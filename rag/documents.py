@@ -203,8 +203,7 @@ def load_corpus(corpus_dir: Path) -> tuple[list[Document], list[LoadError]]:
     """Every readable document under `corpus_dir`, and a reason for each one skipped."""
     if not corpus_dir.is_dir():
         raise FileNotFoundError(
-            f"corpus folder {corpus_dir} does not exist: create it or point "
-            "--corpus / RAG_CORPUS_DIR at your documents"
+            f"corpus folder {corpus_dir} does not exist: create it or point --corpus / RAG_CORPUS_DIR at your documents"
         )
     documents: list[Document] = []
     errors: list[LoadError] = []

@@ -46,10 +46,7 @@ class SentenceTransformerEmbedder:
         self.name = name
         self.batch_size = batch_size
         self._model = _load_sentence_transformer(name, str(cache_dir))
-        get_dim = (
-            getattr(self._model, "get_embedding_dimension", None)
-            or self._model.get_sentence_embedding_dimension
-        )
+        get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
         self.dim = int(get_dim())
         prompts = getattr(self._model, "prompts", {}) or {}
         self._query_prompt = "query" if "query" in prompts else None
@@ -94,9 +91,7 @@ def _load_sentence_transformer(name: str, cache_dir: str):
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError as exc:  # pragma: no cover - a hard dependency
-        raise EmbeddingModelError(
-            "sentence-transformers is not installed: pip install sentence-transformers"
-        ) from exc
+        raise EmbeddingModelError("sentence-transformers is not installed: pip install sentence-transformers") from exc
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     path = resolve_model_path(name, Path(cache_dir))
     try:

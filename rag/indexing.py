@@ -79,9 +79,7 @@ class Index:
     @staticmethod
     def sentence_keys(chunk: Chunk) -> list[int]:
         base = chunk.start
-        return [
-            sentence_key(chunk.doc_id, chunk.text[s.start - base : s.end - base]) for s in chunk.sentences
-        ]
+        return [sentence_key(chunk.doc_id, chunk.text[s.start - base : s.end - base]) for s in chunk.sentences]
 
     @property
     def documents(self) -> dict[str, dict]:
@@ -217,7 +215,7 @@ def index_lock(index_dir: Path, wait: bool = True) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if not wait:
-                raise IndexError_(f"another `rag index` is updating {index_dir}; try again later")
+                raise IndexError_(f"another `rag index` is updating {index_dir}; try again later") from None
             print(f"waiting for another `rag index` to finish with {index_dir} ...", file=sys.stderr)
             fcntl.flock(fh, fcntl.LOCK_EX)
         try:
@@ -387,9 +385,7 @@ def _plan_and_write(
             terms.extend(old.terms[r] for r in rows)
             report.unchanged.append(doc.doc_id)
         else:
-            new_chunks = chunk_document(
-                doc, embedder.count_tokens, settings.chunk_tokens, settings.chunk_overlap
-            )
+            new_chunks = chunk_document(doc, embedder.count_tokens, settings.chunk_tokens, settings.chunk_overlap)
             chunks.extend(new_chunks)
             terms.extend(tokenize(c.search_text) for c in new_chunks)
             (report.updated if previous else report.added).append(doc.doc_id)

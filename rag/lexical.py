@@ -78,9 +78,7 @@ class BM25:
                 cols.append(self.vocabulary.setdefault(term, len(self.vocabulary)))
                 vals.append(tf)
         n_docs = max(len(docs), 1)
-        tf = sparse.csr_matrix(
-            (np.asarray(vals, np.float32), (rows, cols)), shape=(len(docs), len(self.vocabulary))
-        )
+        tf = sparse.csr_matrix((np.asarray(vals, np.float32), (rows, cols)), shape=(len(docs), len(self.vocabulary)))
         df = np.bincount(tf.indices, minlength=len(self.vocabulary)).astype(np.float32)
         self.idf = np.log1p((n_docs - df + 0.5) / (df + 0.5)).astype(np.float32)
         avg = float(lengths.mean()) if len(docs) else 1.0

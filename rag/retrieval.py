@@ -44,9 +44,7 @@ class FusionWeights:
     lexical: float = 1.0
 
 
-def reciprocal_rank_fusion(
-    rankings: list[list[int]], weights: list[float], k: int = 60
-) -> list[tuple[int, float]]:
+def reciprocal_rank_fusion(rankings: list[list[int]], weights: list[float], k: int = 60) -> list[tuple[int, float]]:
     """Fuse ranked lists of ids into one (id, score) list, best first, ties by first appearance."""
     scores: dict[int, float] = {}
     for ranking, weight in zip(rankings, weights):

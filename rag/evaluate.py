@@ -1,0 +1,351 @@
+"""Evaluation: known Q&A pairs -> retrieval, answer, citation, abstention and latency metrics.
+
+The primary metric is `answer_accuracy`: the normalised answer contains the gold answer(s),
+and an unanswerable question counts as correct only when the assistant abstained. Every
+metric is also broken down by tag, and each question's row is kept for inspection. Trade-off:
+containment scoring rewards quoting a longer passage; citation precision and the answer length
+in each row keep that visible.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+from rag.answer import check_citations
+from rag.assistant import Assistant
+from rag.documents import normalize
+
+PRIMARY_METRIC = "answer_accuracy"
+HIT_DEPTHS = (1, 3, 5, 10)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def load_qa(path: Path) -> list[dict]:
+    """Read a JSONL eval file, checking each row's shape; errors name the line."""
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise ValueError(f"{path}:{number}: not valid JSON ({exc})") from exc
+            for key in ("id", "question"):
+                if not isinstance(row.get(key), str) or not row[key].strip():
+                    raise ValueError(f"{path}:{number}: missing {key!r}")
+            row.setdefault("answers", [])
+            row.setdefault("doc_ids", [])
+            row.setdefault("tags", [])
+            row.setdefault("match", "any")
+            if row["match"] not in ("any", "all"):
+                raise ValueError(f"{path}:{number}: match must be 'any' or 'all'")
+            rows.append(row)
+    return rows
+
+
+def normalize_answer(text: str) -> str:
+    """NFKC (folds full-width digits and letters), case-folded, whitespace collapsed."""
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text).casefold()).strip()
+
+
+def contains_gold(answer: str, gold: list[str], match: str) -> bool:
+    text = normalize_answer(answer)
+    found = [normalize_answer(g) in text for g in gold]
+    return all(found) if match == "all" else any(found)
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _query_for(row: dict) -> str:
+    history = row.get("history") or []
+    if not history:
+        return row["question"]
+    from rag.chat import contextualize
+
+    return contextualize(row["question"], history)
+
+
+def evaluate_row(assistant: Assistant, row: dict) -> dict:
+    answer, retrieval = assistant.ask_detailed(_query_for(row), depth=max(HIT_DEPTHS))
+    gold_docs = set(row["doc_ids"])
+    answerable = bool(row["answers"])
+    doc_rank = next((i + 1 for i, h in enumerate(retrieval.hits) if h.chunk.doc_id in gold_docs), None)
+    gold_norm = [normalize_answer(a) for a in row["answers"]]
+    evidence_rank = next(
+        (
+            i + 1
+            for i, h in enumerate(retrieval.hits)
+            if any(g in normalize_answer(normalize(h.chunk.text)) for g in gold_norm)
+        ),
+        None,
+    )
+    contains = answerable and not answer.abstained and contains_gold(answer.answer, row["answers"], row["match"])
+    # Would the answer be right if it had not abstained? Lets calibration sweep the threshold.
+    return {
+        "id": row["id"],
+        "question": row["question"],
+        "history": row.get("history", []),
+        "tags": row["tags"],
+        "answerable": answerable,
+        "gold_answers": row["answers"],
+        "gold_doc_ids": row["doc_ids"],
+        "answer": answer.answer,
+        "abstained": answer.abstained,
+        "correct": (answer.abstained if not answerable else contains),
+        "cited_doc_ids": [c.doc_id for c in answer.citations],
+        "citations_valid": not check_citations(answer),
+        "doc_rank": doc_rank,
+        "evidence_rank": evidence_rank,
+        "evidence": answer.evidence,
+        "timings_ms": answer.timings_ms,
+    }
+
+
+def run_eval(assistant: Assistant, qa_path: Path, progress: bool = False) -> dict:
+    rows = load_qa(qa_path)
+    from tqdm import tqdm
+
+    results = [
+        evaluate_row(assistant, row) for row in tqdm(rows, desc="eval", unit="q", file=sys.stderr, disable=not progress)
+    ]
+    report = {"qa_file": str(qa_path), "primary_metric": PRIMARY_METRIC}
+    report.update(metrics(results))
+    tags = sorted({t for r in results for t in r["tags"]})
+    report["by_tag"] = {tag: metrics([r for r in results if tag in r["tags"]]) for tag in tags}
+    report["settings"] = {k: str(v) for k, v in asdict(assistant.settings).items()}
+    manifest = dict(assistant.index.manifest)
+    manifest.pop("checksums", None)
+    report["index_manifest"] = manifest
+    report["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    report["questions"] = results
+    return report
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _mean(values: Iterable[float]) -> float | None:
+    values = list(values)
+    return round(sum(values) / len(values), 4) if values else None
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return round(ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo), 2)
+
+
+def _ranking(ranks: list[int | None]) -> dict:
+    out = {f"hit@{k}": _mean(1.0 if r is not None and r <= k else 0.0 for r in ranks) for k in HIT_DEPTHS}
+    out["mrr"] = _mean(1.0 / r if r is not None else 0.0 for r in ranks)
+    return out
+
+
+def metrics(results: list[dict]) -> dict:
+    answerable = [r for r in results if r["answerable"]]
+    unanswerable = [r for r in results if not r["answerable"]]
+    answered = [r for r in results if not r["abstained"]]
+    abstained = [r for r in results if r["abstained"]]
+    cited = [d for r in answered if r["answerable"] for d in r["cited_doc_ids"]]
+    gold_cited = [d for r in answered if r["answerable"] for d in r["cited_doc_ids"] if d in r["gold_doc_ids"]]
+    return {
+        "n": len(results),
+        "answer_accuracy": _mean(1.0 if r["correct"] else 0.0 for r in results),
+        "citation_precision": round(len(gold_cited) / len(cited), 4) if cited else None,
+        "citation_validity": _mean(1.0 if r["citations_valid"] else 0.0 for r in answered),
+        "abstention": {
+            "precision": _mean(0.0 if r["answerable"] else 1.0 for r in abstained),
+            "recall": _mean(1.0 if r["abstained"] else 0.0 for r in unanswerable),
+            "false_rate": _mean(1.0 if r["abstained"] else 0.0 for r in answerable),
+        },
+        "retrieval": {
+            "doc": _ranking([r["doc_rank"] for r in answerable]),
+            "evidence": _ranking([r["evidence_rank"] for r in answerable]),
+        },
+        "latency_ms": {
+            stage: {
+                "p50": _percentile([r["timings_ms"][stage] for r in results], 0.5),
+                "p95": _percentile([r["timings_ms"][stage] for r in results], 0.95),
+            }
+            for stage in ("retrieve", "answer", "total")
+        },
+    }
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def sweep_threshold(results: list[dict], thresholds: Iterable[float]) -> list[tuple[float, float]]:
+    """(threshold, accuracy) for each threshold, from rows evaluated without abstention.
+
+    Rows must come from a run with a threshold low enough that nothing abstained, so each row
+    tells whether its answer was right; abstaining at t then just replaces answers whose
+    evidence is below t.
+    """
+    out = []
+    for t in thresholds:
+        correct = 0
+        for r in results:
+            if r["evidence"] < t:
+                correct += not r["answerable"]
+            else:
+                correct += r["answerable"] and r["correct"]
+        out.append((round(t, 4), round(correct / max(len(results), 1), 4)))
+    return out
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _fmt(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def summary_table(report: dict) -> str:
+    """A markdown table of the headline metrics, overall and per tag."""
+    header = (
+        "| slice | n | answer acc | evidence hit@5 | doc hit@5 | doc MRR | citation prec | "
+        "abstain P/R | false abstain | total p50 ms |\n"
+        "|---|---|---|---|---|---|---|---|---|---|"
+    )
+    lines = [header]
+    slices = [("all", report)] + list(report["by_tag"].items())
+    for name, m in slices:
+        ab = m["abstention"]
+        lines.append(
+            f"| {name} | {m['n']} | {_fmt(m['answer_accuracy'])} | {_fmt(m['retrieval']['evidence']['hit@5'])} | "
+            f"{_fmt(m['retrieval']['doc']['hit@5'])} | {_fmt(m['retrieval']['doc']['mrr'])} | "
+            f"{_fmt(m['citation_precision'])} | {_fmt(ab['precision'])}/{_fmt(ab['recall'])} | "
+            f"{_fmt(ab['false_rate'])} | {_fmt(m['latency_ms']['total']['p50'])} |"
+        )
+    return "\n".join(lines)
+
+
+def _report_markdown(report: dict) -> str:
+    lines = [
+        f"# Eval report: {report['qa_file']}",
+        "",
+        f"Created {report['created']} with model `{report['index_manifest']['model']['name']}`; "
+        f"primary metric `{report['primary_metric']}` = {_fmt(report['answer_accuracy'])}; "
+        f"citation validity {_fmt(report['citation_validity'])}.",
+        "",
+        summary_table(report),
+        "",
+        "## Latency (ms)",
+        "",
+        "| stage | p50 | p95 |",
+        "|---|---|---|",
+    ]
+    for stage, v in report["latency_ms"].items():
+        lines.append(f"| {stage} | {_fmt(v['p50'])} | {_fmt(v['p95'])} |")
+    lines += ["", "## Questions", "", "| id | ok | question | answer | cited | doc rank |", "|---|---|---|---|---|---|"]
+    for r in report["questions"]:
+        answer = r["answer"].replace("|", "\\|").replace("\n", " ")
+        question = r["question"].replace("|", "\\|")
+        lines.append(
+            f"| {r['id']} | {'yes' if r['correct'] else 'NO'} | {question} | {answer[:160]} | "
+            f"{', '.join(sorted(set(r['cited_doc_ids'])))} | {_fmt(r['doc_rank'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _write_chart(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tags = list(report["by_tag"])
+    accuracy = [report["by_tag"][t]["answer_accuracy"] or 0.0 for t in tags]
+    latency = [report["by_tag"][t]["latency_ms"]["total"]["p50"] or 0.0 for t in tags]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, max(4, 0.35 * len(tags))))
+    left.barh(tags, accuracy, color="#4a7fb5")
+    left.set_xlim(0, 1)
+    left.set_title(f"answer accuracy by tag (all: {report['answer_accuracy']:.3f})")
+    right.barh(tags, latency, color="#c0804a")
+    right.set_title("total latency p50 (ms) by tag")
+    for ax in (left, right):
+        ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(report: dict, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
+    (out_dir / "report.md").write_text(_report_markdown(report), encoding="utf-8")
+    _write_chart(report, out_dir / "report.png")
+
+
+# --------------------------------------------------------------------------- gate and compare
+
+
+def _flatten(metrics_: dict, prefix: str = "") -> dict[str, float]:
+    flat: dict[str, float] = {}
+    for key, value in metrics_.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + "."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[name] = value
+    return flat
+
+
+def check_thresholds(report: dict, thresholds: dict) -> list[str]:
+    """Failures of `report` against floors like {"answer_accuracy": 0.8, "by_tag.xling.answer_accuracy": 0.7}."""
+    flat = _flatten({k: v for k, v in report.items() if k not in ("questions", "settings", "index_manifest")})
+    failures = []
+    for name, floor in thresholds.items():
+        if name.startswith("_"):
+            continue  # comments
+        value = flat.get(name)
+        if value is None:
+            failures.append(f"{name}: missing from the report")
+        elif value < floor:
+            failures.append(f"{name}: {value:.4f} is below the floor {floor}")
+    return failures
+
+
+def compare_reports(path_a: Path, path_b: Path) -> str:
+    a = json.loads(path_a.read_text(encoding="utf-8"))
+    b = json.loads(path_b.read_text(encoding="utf-8"))
+    skip = ("questions", "settings", "index_manifest", "n")
+    flat_a = _flatten({k: v for k, v in a.items() if k not in skip})
+    flat_b = _flatten({k: v for k, v in b.items() if k not in skip})
+    lines = [f"A = {path_a}", f"B = {path_b}", "", f"{'metric':<52} {'A':>9} {'B':>9} {'B-A':>9}"]
+    for name in sorted(set(flat_a) | set(flat_b)):
+        va, vb = flat_a.get(name), flat_b.get(name)
+        if va == vb:
+            continue
+        delta = f"{vb - va:+.3f}" if va is not None and vb is not None else "-"
+        lines.append(f"{name:<52} {_fmt(va):>9} {_fmt(vb):>9} {delta:>9}")
+    rows_a = {r["id"]: r for r in a.get("questions", [])}
+    flips = [
+        (r["id"], rows_a[r["id"]]["correct"], r["correct"])
+        for r in b.get("questions", [])
+        if r["id"] in rows_a and rows_a[r["id"]]["correct"] != r["correct"]
+    ]
+    if flips:
+        lines += ["", "questions that changed:"]
+        lines += [f"  {qid}: {'right' if was else 'wrong'} -> {'right' if now else 'wrong'}" for qid, was, now in flips]
+    return "\n".join(lines)
