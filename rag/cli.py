@@ -107,12 +107,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.compare:
         print(evaluate.compare_reports(Path(args.compare[0]), Path(args.compare[1])))
         return 0
-    assistant = _assistant(_settings(args))
+    settings = _settings(args)
+    if args.calibrate:
+        # Answer everything, then sweep the abstention threshold over the recorded evidence.
+        settings = settings.with_(abstain_threshold=float("-inf"))
+    assistant = _assistant(settings)
     report = evaluate.run_eval(assistant, Path(args.qa), progress=True)
+    if args.calibrate:
+        result = evaluate.calibrate(report["questions"])
+        print(json.dumps({k: v for k, v in result.items() if k != "sweep"}, indent=1))
+        print("set it with --abstain-threshold or RAG_ABSTAIN_THRESHOLD (default in rag/config.py)")
+        return 0
     out = Path(args.out)
     evaluate.write_report(report, out)
     print(evaluate.summary_table(report))
     print(f"\nreport: {out / 'report.json'}, {out / 'report.md'}, {out / 'report.png'}")
+    if args.check:
+        failures = evaluate.check_thresholds(report, json.loads(Path(args.check).read_text(encoding="utf-8")))
+        for failure in failures:
+            print(f"below floor: {failure}", file=sys.stderr)
+        return 1 if failures else 0
     return 0
 
 
@@ -167,6 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSONL file of questions (default: the bundled eval/qa.jsonl)",
     )
     p.add_argument("--out", default="eval/report", help="folder for report.json/.md/.png")
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="choose the abstention threshold on the non-heldout questions and print it",
+    )
+    p.add_argument(
+        "--check",
+        metavar="THRESHOLDS",
+        help="exit 1 when a metric is below its floor in this JSON file (eval/thresholds.json)",
+    )
     p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="print differences of two reports")
     p.set_defaults(func=cmd_eval)
 

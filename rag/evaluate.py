@@ -209,6 +209,30 @@ def sweep_threshold(results: list[dict], thresholds: Iterable[float]) -> list[tu
     return out
 
 
+def calibrate(results: list[dict], holdout_tag: str = "heldout") -> dict:
+    """Choose the abstention threshold on rows without `holdout_tag`; report both parts.
+
+    Ties go to the middle of the best plateau, so the threshold is not pressed against a
+    single question's score.
+    """
+    tune = [r for r in results if holdout_tag not in r["tags"]]
+    held = [r for r in results if holdout_tag in r["tags"]]
+    scores = sorted({round(r["evidence"], 4) for r in results})
+    candidates = [scores[0] - 0.01] + [(a + b) / 2 for a, b in zip(scores, scores[1:])] + [scores[-1] + 0.01]
+    sweep = sweep_threshold(tune, candidates)
+    best = max(acc for _, acc in sweep)
+    plateau = [t for t, acc in sweep if acc == best]
+    chosen = plateau[len(plateau) // 2]
+    return {
+        "threshold": round(chosen, 3),
+        "tune_accuracy": best,
+        "heldout_accuracy": sweep_threshold(held, [chosen])[0][1],
+        "tune_n": len(tune),
+        "heldout_n": len(held),
+        "sweep": sweep,
+    }
+
+
 # --------------------------------------------------------------------------- output
 
 
