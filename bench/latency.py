@@ -1,0 +1,74 @@
+"""Query latency on the bundled corpus, warm, and cold start of `rag ask`.
+
+Run: python bench/latency.py [--queries 200]
+Prints p50/p95 (ms) of query embedding, the whole retrieval, the extractive answer and the total,
+over the eval questions cycled to --queries, after one warm-up pass; then the wall time of a
+fresh `rag ask` process (cold start: interpreter, model load, index load, answer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, emit, summarize  # noqa: E402
+
+from rag.assistant import Assistant  # noqa: E402
+from rag.config import Settings  # noqa: E402
+from rag.evaluate import load_qa  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--queries", type=int, default=200)
+    args = parser.parse_args()
+    assistant = Assistant(Settings.from_env())
+    assistant.ensure_index()
+    questions = [r["question"] for r in load_qa(ROOT / "eval" / "qa.jsonl")]
+    questions = (questions * (args.queries // len(questions) + 1))[: args.queries]
+    for q in questions[:20]:  # warm-up: caches, allocator, jieba dictionary
+        assistant.ask(q)
+
+    embed, retrieve, answer, total = [], [], [], []
+    for q in questions:
+        started = time.perf_counter()
+        assistant.embedder.embed_queries([q])
+        embed.append((time.perf_counter() - started) * 1000)
+        result = assistant.ask(q)
+        retrieve.append(result.timings_ms["retrieve"])
+        answer.append(result.timings_ms["answer"])
+        total.append(result.timings_ms["total"])
+
+    started = time.perf_counter()
+    subprocess.run(
+        ["rag", "ask", "--json", "第二届长三角一体化发展高层论坛集中展示了多少项重大科技成果?"],
+        check=True, capture_output=True, env=dict(os.environ),
+    )
+    cold_s = time.perf_counter() - started
+
+    figures = {
+        "queries": len(questions),
+        "query_embedding_ms": summarize(embed),
+        "retrieve_ms_including_embedding": summarize(retrieve),
+        "answer_ms": summarize(answer),
+        "total_ms": summarize(total),
+        "cold_rag_ask_s": round(cold_s, 2),
+        "threads": os.environ.get("OMP_NUM_THREADS", "default"),
+    }
+    rows = [(name, f"p50 {s['p50']:.1f}  p95 {s['p95']:.1f}") for name, s in (
+        ("query embedding (ms)", figures["query_embedding_ms"]),
+        ("retrieve incl. embedding (ms)", figures["retrieve_ms_including_embedding"]),
+        ("extractive answer (ms)", figures["answer_ms"]),
+        ("total (ms)", figures["total_ms"]),
+    )]
+    rows.append(("cold `rag ask` (s)", f"{cold_s:.2f}"))
+    emit("query latency, bundled corpus, warm", figures, rows)
+
+
+if __name__ == "__main__":
+    main()
