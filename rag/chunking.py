@@ -80,7 +80,7 @@ def _cut_long_sentence(text: str, sentence: Sentence, count_tokens: CountTokens,
     while start < sentence.end:
         lo, hi = start + 1, sentence.end
         if count_tokens([text[start:hi]])[0] <= max_tokens:
-            pieces.append(Sentence(start, hi))
+            pieces.extend(_trimmed(text, start, hi))
             break
         while lo < hi:  # largest end whose piece fits
             mid = (lo + hi + 1) // 2
@@ -126,10 +126,11 @@ def chunk_document(doc: Document, count_tokens: CountTokens, max_tokens: int = 1
         chunks.append(_make_chunk(doc, sentences[i:j]))
         if j >= len(sentences):
             break
-        # Start the next chunk with as many trailing sentences as fit in the overlap budget,
+        # Start the next chunk with as many trailing sentences as fit in the overlap budget while
+        # leaving room for the next new sentence (else that chunk would only repeat this one),
         # always advancing by at least one sentence.
         back, carried = j, 0
-        while back - 1 > i and carried + tokens[back - 1] <= overlap:
+        while back - 1 > i and carried + tokens[back - 1] <= min(overlap, max_tokens - tokens[j]):
             back -= 1
             carried += tokens[back]
         i = back

@@ -7,8 +7,19 @@ import pytest
 from rag import evaluate
 
 
-def _row(qid, answerable=True, correct=True, abstained=False, evidence=1.0, tags=(), doc_rank=1,
-         evidence_rank=1, cited=("a.txt",), gold=("a.txt",), total=10.0):
+def _row(
+    qid,
+    answerable=True,
+    correct=True,
+    abstained=False,
+    evidence=1.0,
+    tags=(),
+    doc_rank=1,
+    evidence_rank=1,
+    cited=("a.txt",),
+    gold=("a.txt",),
+    total=10.0,
+):
     return {
         "id": qid,
         "question": qid,
@@ -73,8 +84,12 @@ def test_threshold_sweep_and_calibration_keep_heldout_out():
 
 def test_threshold_gate_reports_each_failure():
     report = {"answer_accuracy": 0.7, "by_tag": {"xling": {"answer_accuracy": 0.9}}, "questions": []}
-    floors = {"_comment": "ignored", "answer_accuracy": 0.75, "by_tag.xling.answer_accuracy": 0.8,
-              "citation_precision": 0.5}
+    floors = {
+        "_comment": "ignored",
+        "answer_accuracy": 0.75,
+        "by_tag.xling.answer_accuracy": 0.8,
+        "citation_precision": 0.5,
+    }
     failures = evaluate.check_thresholds(report, floors)
     assert len(failures) == 2
     assert failures[0].startswith("answer_accuracy: 0.7000 is below the floor 0.75")

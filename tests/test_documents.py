@@ -1,0 +1,141 @@
+import hashlib
+import threading
+from pathlib import Path
+
+import pytest
+
+from rag.documents import load_corpus, normalize, title_of
+
+PAGE = """<!doctype html>
+<html>
+<head>
+  <title>Delta &amp; Corridor</title>
+  <style>body { color: red; }</style>
+  <script>var hidden = "tracking code";</script>
+</head>
+<body>
+  <h1>Delta &amp; Corridor</h1>
+  <p>The <b>G60</b> corridor links nine cities.</p>
+  <script>alert("still hidden");</script>
+  <ul><li>Shanghai</li><li>Hefei</li></ul>
+</body>
+</html>
+"""
+
+
+def write(folder: Path, name: str, data: str | bytes) -> Path:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, str):
+        path.write_text(data, encoding="utf-8")
+    else:
+        path.write_bytes(data)
+    return path
+
+
+def load(folder: Path):
+    documents, errors = load_corpus(folder)
+    return {d.doc_id: d for d in documents}, {e.doc_id: e.reason for e in errors}
+
+
+def test_txt_md_and_html_load_with_ids_relative_to_the_corpus(tmp_path):
+    write(tmp_path, "notes.txt", "Plain notes\r\nsecond line\r\n")
+    write(tmp_path, "guide/readme.md", "# Guide\n\nSome *markdown* text.\n")
+    write(tmp_path, "page.html", PAGE)
+    write(tmp_path, "image.png", b"\x89PNG\r\n")  # not a supported type: ignored silently
+    docs, errors = load(tmp_path)
+    assert list(docs) == ["guide/readme.md", "notes.txt", "page.html"]
+    assert errors == {}
+    assert docs["notes.txt"].text == "Plain notes\nsecond line\n"  # line endings unified
+    assert docs["guide/readme.md"].title == "# Guide"
+    raw = (tmp_path / "notes.txt").read_bytes()
+    assert docs["notes.txt"].content_hash == hashlib.sha256(raw).hexdigest()
+
+
+def test_html_keeps_visible_text_and_drops_markup_scripts_and_styles(tmp_path):
+    write(tmp_path, "page.html", PAGE)
+    doc = load(tmp_path)[0]["page.html"]
+    assert doc.title == "Delta & Corridor"
+    assert doc.text.splitlines() == [
+        "Delta & Corridor",
+        "The G60 corridor links nine cities.",
+        "Shanghai",
+        "Hefei",
+    ]
+    for hidden in ("<", "tracking", "still hidden", "color"):
+        assert hidden not in doc.text
+
+
+def test_normalize_applies_nfkc_and_collapses_whitespace():
+    assert normalize("  ＧＢ１８０３０，\u3000长三角\n\n  一体化\t ") == "GB18030, 长三角 一体化"
+    assert normalize("ﬁve ①") == "five 1"
+
+
+def test_title_is_the_first_non_empty_line_stripped():
+    assert title_of("\n\n   Quarterly report  \nBody text") == "Quarterly report"
+    assert title_of("   \n") == ""
+    assert len(title_of("x" * 500)) == 200
+
+
+def test_gb18030_and_utf16_with_bom_decode(tmp_path):
+    chinese = "长三角一体化发展高层论坛\n展示了585项重大科技成果。\n"
+    gb = chinese.encode("gb18030")
+    with pytest.raises(UnicodeDecodeError):
+        gb.decode("utf-8")
+    write(tmp_path, "gb.txt", gb)
+    write(tmp_path, "utf16.txt", "Delta report 长三角\r\nline two\r\n".encode("utf-16"))  # BOM + LE
+    write(tmp_path, "utf16be.md", b"\xfe\xff" + "BE 大端".encode("utf-16-be"))
+    write(tmp_path, "utf8bom.txt", b"\xef\xbb\xbf" + "BOM title\nbody ü".encode())
+    docs, errors = load(tmp_path)
+    assert errors == {}
+    assert docs["gb.txt"].text == chinese
+    assert docs["gb.txt"].title == "长三角一体化发展高层论坛"
+    assert docs["utf16.txt"].text == "Delta report 长三角\nline two\n"
+    assert docs["utf16be.md"].text == "BE 大端"
+    assert docs["utf8bom.txt"].title == "BOM title"
+
+
+def test_unreadable_files_are_reported_by_name_and_the_rest_still_load(tmp_path):
+    write(tmp_path, "good.txt", "A good document.")
+    write(tmp_path, "binary.txt", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
+    write(tmp_path, "latin1.txt", "café au lait, naïve façade".encode("latin-1"))
+    write(tmp_path, "empty.md", b"")
+    write(tmp_path, "blank.txt", "  \n\t\n")
+    (tmp_path / "dangling.txt").symlink_to(tmp_path / "nowhere.txt")
+    docs, errors = load(tmp_path)
+    assert list(docs) == ["good.txt"]
+    assert set(errors) == {"binary.txt", "latin1.txt", "empty.md", "blank.txt", "dangling.txt"}
+    assert "binary" in errors["binary.txt"]
+    assert "no text" in errors["empty.md"]
+    assert "no text" in errors["blank.txt"]
+    assert all(reason for reason in errors.values())
+
+
+def test_a_missing_corpus_folder_raises_a_clear_error(tmp_path):
+    missing = tmp_path / "no-such-folder"
+    with pytest.raises(FileNotFoundError, match="does not exist") as info:
+        load_corpus(missing)
+    assert str(missing) in str(info.value)
+    assert "RAG_CORPUS_DIR" in str(info.value)
+
+
+def test_a_symlink_loop_does_not_hang_or_duplicate_documents(tmp_path):
+    write(tmp_path, "top.txt", "Top level.")
+    write(tmp_path, "sub/inner.txt", "Inner document.")
+    (tmp_path / "sub" / "loop").symlink_to(tmp_path, target_is_directory=True)
+    (tmp_path / "sub" / "self").symlink_to(tmp_path / "sub", target_is_directory=True)
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(load=load(tmp_path)), daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert not worker.is_alive(), "load_corpus did not finish within 10 s"
+    docs, errors = result["load"]
+    assert list(docs) == ["sub/inner.txt", "top.txt"]
+    assert errors == {}
+
+
+def test_hidden_files_and_folders_are_skipped(tmp_path):
+    write(tmp_path, "visible.txt", "Shown.")
+    write(tmp_path, ".hidden.txt", "Not shown.")
+    write(tmp_path, ".git/notes.md", "Not shown either.")
+    assert list(load(tmp_path)[0]) == ["visible.txt"]

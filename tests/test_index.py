@@ -1,0 +1,274 @@
+import hashlib
+import json
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from rag.config import PROJECT_ROOT, Settings
+from rag.documents import normalize
+from rag.indexing import (
+    IndexError_,
+    IndexMismatchError,
+    IndexMissingError,
+    current_generation,
+    load_index,
+    refresh_index,
+)
+
+ALL_DOCS = ["alpha.txt", "beta.md", "chinese.txt", "mixed.txt"]
+
+
+def build(settings, embedder):
+    report = refresh_index(settings, embedder)
+    return report, load_index(settings.index_dir, embedder)
+
+
+def bm25_docs(index, term: str) -> set[str]:
+    rows, _ = index.bm25.top([term], k=100)
+    return {index.chunks[r].doc_id for r in rows}
+
+
+def assert_consistent(index) -> None:
+    """Every chunk has exactly one vector, every sentence key one sentence vector, and no more."""
+    chunk_ids = set(index.row_of_id)
+    assert len(chunk_ids) == len(index.chunks)
+    assert set(index.chunk_vectors.ids().tolist()) == chunk_ids
+    assert len(index.chunk_vectors) == len(index.chunks)
+    assert set(index.sentence_vectors.ids().tolist()) == set(index.chunk_rows_of_sentence)
+    assert len(index.terms) == len(index.chunks)
+
+
+def test_first_build_embeds_every_chunk_and_sentence(settings, embedder):
+    report, index = build(settings, embedder)
+    assert report.added == ALL_DOCS
+    assert report.rebuilt_because is None
+    assert {c.doc_id for c in index.chunks} == set(ALL_DOCS)
+    assert len(index.chunks) > len(ALL_DOCS)  # the small chunk size splits each document
+    assert report.embedded_chunks == len(index.chunks)
+    assert report.embedded_sentences == len(index.chunk_rows_of_sentence)
+    assert len(embedder.embedded_passages) == report.embedded_chunks + report.embedded_sentences
+    assert_consistent(index)
+
+
+def test_a_refresh_without_changes_embeds_nothing_and_writes_nothing(settings, embedder):
+    build(settings, embedder)
+    generation = current_generation(settings.index_dir)
+    embedder.embedded_passages.clear()
+    report = refresh_index(settings, embedder)
+    assert embedder.embedded_passages == []
+    assert report.unchanged == ALL_DOCS
+    assert (report.added, report.updated, report.removed) == ([], [], [])
+    assert not report.changed
+    assert current_generation(settings.index_dir) == generation
+
+
+def test_editing_one_document_re_embeds_only_that_documents_text(settings, embedder):
+    _, before = build(settings, embedder)
+    alpha = settings.corpus_dir / "alpha.txt"
+    edited = alpha.read_text(encoding="utf-8").replace("twice a year", "every spring")
+    alpha.write_text(edited, encoding="utf-8")
+    embedder.embedded_passages.clear()
+
+    report, after = build(settings, embedder)
+    assert report.updated == ["alpha.txt"]
+    assert report.unchanged == ["beta.md", "chinese.txt", "mixed.txt"]
+    seen = embedder.embedded_passages
+    assert seen, "the edited document was not re-embedded"
+    assert all(text in normalize(edited) for text in seen), seen
+    assert any("every spring" in text for text in seen)
+    # The edit is in the last sentence: chunks before it keep their text, id and vector.
+    alpha_chunks = [c for c in after.chunks if c.doc_id == "alpha.txt"]
+    assert report.embedded_chunks < len(alpha_chunks)
+    assert {c.chunk_id for c in after.chunks if c.doc_id != "alpha.txt"} == {
+        c.chunk_id for c in before.chunks if c.doc_id != "alpha.txt"
+    }
+    assert bm25_docs(after, "spring") == {"alpha.txt"}
+    assert bm25_docs(after, "twice") == set()
+    assert_consistent(after)
+
+
+def test_deleting_a_document_removes_its_chunks_vectors_and_terms(settings, embedder):
+    _, before = build(settings, embedder)
+    assert bm25_docs(before, "quasar") == {"beta.md"}
+    beta_chunks = sum(c.doc_id == "beta.md" for c in before.chunks)
+    (settings.corpus_dir / "beta.md").unlink()
+    embedder.embedded_passages.clear()
+
+    report, after = build(settings, embedder)
+    assert report.removed == ["beta.md"]
+    assert embedder.embedded_passages == []
+    assert all(c.doc_id != "beta.md" for c in after.chunks)
+    assert len(after.chunk_vectors) == len(before.chunk_vectors) - beta_chunks
+    assert len(after.sentence_vectors) < len(before.sentence_vectors)
+    assert bm25_docs(after, "quasar") == set()
+    assert "beta.md" not in after.documents
+    assert_consistent(after)
+
+
+def test_adding_a_document_embeds_only_the_new_one(settings, embedder):
+    build(settings, embedder)
+    new_text = "Gamma notes\nThe observatory bought a spectrograph.\n"
+    (settings.corpus_dir / "sub").mkdir()
+    (settings.corpus_dir / "sub" / "gamma.txt").write_text(new_text, encoding="utf-8")
+    embedder.embedded_passages.clear()
+
+    report, index = build(settings, embedder)
+    assert report.added == ["sub/gamma.txt"]
+    assert report.unchanged == ALL_DOCS
+    assert embedder.embedded_passages
+    assert all(text in normalize(new_text) for text in embedder.embedded_passages)
+    assert bm25_docs(index, "spectrograph") == {"sub/gamma.txt"}
+    assert_consistent(index)
+
+
+def test_removing_every_document_leaves_an_empty_loadable_index(settings, embedder):
+    build(settings, embedder)
+    for name in ALL_DOCS:
+        (settings.corpus_dir / name).unlink()
+    report, index = build(settings, embedder)
+    assert report.removed == ALL_DOCS
+    assert index.chunks == []
+    assert len(index.chunk_vectors) == 0
+    assert len(index.sentence_vectors) == 0
+    assert index.bm25.top(["quasar"], k=5)[0].size == 0
+
+
+def test_another_embedding_model_triggers_a_full_rebuild_with_the_reason(settings, embedder, make_embedder):
+    _, before = build(settings, embedder)
+    other = make_embedder(name="other-model")
+    report, after = build(settings, other)
+    assert "fake-hash-64" in report.rebuilt_because
+    assert "other-model" in report.rebuilt_because
+    assert report.added == ALL_DOCS
+    assert report.embedded_chunks == len(after.chunks) == len(before.chunks)
+    assert len(other.embedded_passages) == report.embedded_chunks + report.embedded_sentences
+    assert after.manifest["model"]["name"] == "other-model"
+
+
+def test_changed_chunking_settings_trigger_a_full_rebuild(settings, embedder):
+    build(settings, embedder)
+    report = refresh_index(settings.with_(chunk_tokens=30), embedder)
+    assert "chunking" in report.rebuilt_because
+    assert report.embedded_chunks > 0
+
+
+def test_rebuild_flag_re_embeds_everything(settings, embedder):
+    _, index = build(settings, embedder)
+    report = refresh_index(settings, embedder, rebuild=True)
+    assert report.rebuilt_because == "--rebuild requested"
+    assert report.embedded_chunks == len(index.chunks)
+
+
+@pytest.mark.parametrize(("name", "dim"), [("other-model", 64), ("fake-hash-64", 32)])
+def test_loading_with_another_model_or_dimension_says_to_rebuild(settings, embedder, make_embedder, name, dim):
+    build(settings, embedder)
+    with pytest.raises(IndexMismatchError, match="rag index --rebuild") as info:
+        load_index(settings.index_dir, make_embedder(name=name, dim=dim))
+    assert "fake-hash-64" in str(info.value)
+
+
+def test_loading_a_missing_index_says_to_build_one(tmp_path, embedder):
+    with pytest.raises(IndexMissingError, match="rag index"):
+        load_index(tmp_path / "nothing-here", embedder)
+
+
+def flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("name", ["chunks.faiss", "chunks.jsonl", "sentences.faiss"])
+def test_a_damaged_index_file_is_named_on_load(settings, embedder, name):
+    build(settings, embedder)
+    flip_byte(current_generation(settings.index_dir) / name)
+    with pytest.raises(IndexError_, match="damaged") as info:
+        load_index(settings.index_dir, embedder)
+    assert name in str(info.value)
+    assert "rag index --rebuild" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["chunks.faiss", "chunks.jsonl", "sentences.faiss"])
+def test_a_missing_index_file_is_named_on_load(settings, embedder, name):
+    build(settings, embedder)
+    (current_generation(settings.index_dir) / name).unlink()
+    with pytest.raises(IndexError_, match="missing") as info:
+        load_index(settings.index_dir, embedder)
+    assert name in str(info.value)
+
+
+def test_a_damaged_manifest_is_named_on_load(settings, embedder):
+    build(settings, embedder)
+    (current_generation(settings.index_dir) / "manifest.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(IndexError_, match="manifest.json"):
+        load_index(settings.index_dir, embedder)
+
+
+def test_refresh_rebuilds_an_index_it_cannot_read(settings, embedder):
+    build(settings, embedder)
+    flip_byte(current_generation(settings.index_dir) / "chunks.faiss")
+    report, index = build(settings, embedder)
+    assert "could not be read" in report.rebuilt_because
+    assert report.added == ALL_DOCS
+    assert_consistent(index)
+
+
+def test_an_unreadable_document_is_skipped_and_the_others_indexed(settings, embedder):
+    (settings.corpus_dir / "broken.txt").write_bytes(b"\x00\x01\x02binary\x00" * 10)
+    report, index = build(settings, embedder)
+    assert [e.doc_id for e in report.skipped] == ["broken.txt"]
+    assert "broken.txt" in report.summary()
+    assert report.added == ALL_DOCS
+    assert set(index.documents) == set(ALL_DOCS)
+
+
+def test_a_document_that_becomes_unreadable_keeps_its_indexed_version(settings, embedder):
+    build(settings, embedder)
+    (settings.corpus_dir / "beta.md").write_bytes(b"\x00binary now\x00")
+    report, index = build(settings, embedder)
+    assert [e.doc_id for e in report.skipped] == ["beta.md"]
+    assert report.removed == []
+    assert bm25_docs(index, "quasar") == {"beta.md"}
+
+
+def test_manifest_records_model_versions_hashes_and_times(settings, embedder):
+    _, index = build(settings, embedder)
+    manifest = json.loads((current_generation(settings.index_dir) / "manifest.json").read_text("utf-8"))
+    assert manifest == index.manifest
+    assert manifest["model"] == {"name": "fake-hash-64", "dimension": 64, "normalized": True}
+    assert {"rag", "faiss", "numpy"} <= set(manifest["versions"])
+    for doc_id in ALL_DOCS:
+        raw = (settings.corpus_dir / doc_id).read_bytes()
+        assert manifest["documents"][doc_id]["sha256"] == hashlib.sha256(raw).hexdigest()
+    assert manifest["documents"]["chinese.txt"]["title"] == "长三角科技成果展"
+    created = datetime.fromisoformat(manifest["created"])
+    assert created.tzinfo is not None
+    assert datetime.fromisoformat(manifest["updated"]) >= created
+    assert set(manifest["checksums"]) == {"chunks.jsonl", "chunks.faiss", "sentences.faiss"}
+
+    (settings.corpus_dir / "beta.md").unlink()
+    _, after = build(settings, embedder)
+    assert after.manifest["created"] == manifest["created"]
+    assert "beta.md" not in after.manifest["documents"]
+
+
+def test_a_refresh_replaces_the_generation_and_deletes_the_old_one(settings, embedder):
+    build(settings, embedder)
+    first = current_generation(settings.index_dir)
+    (settings.corpus_dir / "beta.md").unlink()
+    build(settings, embedder)
+    second = current_generation(settings.index_dir)
+    assert second != first
+    assert not first.exists()
+    assert sorted(p.name for p in settings.index_dir.iterdir() if not p.name.startswith(".")) == [
+        "CURRENT",
+        second.name,
+    ]
+
+
+def test_default_paths_follow_rag_home_not_the_repository(isolated_rag_home):
+    settings = Settings.from_env()
+    assert settings.index_dir == isolated_rag_home / "index"
+    assert PROJECT_ROOT / "index" != settings.index_dir
+    assert settings.corpus_dir == PROJECT_ROOT / "corpus"
