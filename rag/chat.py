@@ -1,0 +1,321 @@
+"""The web chat's UI-independent half: answers and sources as safe HTML, and follow-up questions.
+
+Document text and answer text are untrusted: every string that reaches the browser is escaped
+here, and markup is only ever added around escaped text, never inside it. Follow-ups are turned
+into standalone retrieval queries by prefixing the conversation's last standalone question.
+Trade-off: a follow-up is recognised by surface cues (short, with a pronoun, "and ...", "那",
+"呢"), not by a model, so an elliptical question without such a cue is taken as standalone,
+and a short question that only happens to contain "it" is given context it did not need.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from rag.answer import Answer, Citation
+from rag.documents import DocumentError, load_document
+from rag.indexing import Index
+
+# --------------------------------------------------------------------------- escaping
+
+# HTML's special characters, and the Markdown punctuation the chat's renderer would act on: as
+# character references they render as themselves but are no longer syntax, so neither a tag
+# nor `[x](javascript:...)` can come of them. One pass, so no reference is escaped twice.
+_MARKDOWN_ESCAPES = {ord(ch): f"&#{ord(ch)};" for ch in "&<>\"'\\`*_{}[]()#+-!|~$=:"}
+
+
+def escape_html(text: str) -> str:
+    """Text made inert for an HTML context (element content or a quoted attribute)."""
+    return html.escape(text, quote=True)
+
+
+def escape_markdown(text: str) -> str:
+    """Text made inert for the chat's Markdown-with-HTML renderer: no tags, no Markdown syntax."""
+    return text.translate(_MARKDOWN_ESCAPES)
+
+
+def short_title(title: str, limit: int = 60) -> str:
+    """A title cut to `limit` characters at a word boundary where there is one."""
+    title = " ".join(title.split())
+    if len(title) <= limit:
+        return title
+    cut = title[: limit - 1]
+    space = cut.rfind(" ")
+    if not title[limit - 1].isspace() and space > limit // 2:  # do not end in the middle of a word
+        cut = cut[:space]
+    return cut.rstrip(" ,.;:") + "…"
+
+
+# --------------------------------------------------------------------------- the chat message
+
+LABELS = {
+    "en": {
+        "sources": "Sources",
+        "no_answer_hint": "The nearest passages are listed under Sources, so you can judge for yourself.",
+        "nearest": "No answer found. The nearest passages:",
+        "cited": "Cited passages",
+        "query": "Searched with the conversation's context:",
+        "score": "score",
+        "empty": "Ask a question: the passages its answer cites appear here, with the quoted sentences highlighted.",
+    },
+    "zh": {
+        "sources": "来源",
+        "no_answer_hint": "最接近的段落列在“来源”中，供你自行判断。",
+        "nearest": "没有找到答案。最接近的段落：",
+        "cited": "引用的段落",
+        "query": "结合对话上下文检索：",
+        "score": "得分",
+        "empty": "提问后，答案引用的段落会显示在这里，引用的句子会高亮。",
+    },
+}
+
+_MARKER = re.compile(r"\[(\d+)\]")
+
+
+def _marker_html(n: int, citation: Citation | None) -> str:
+    if citation is None:  # a marker that resolves nowhere is shown as it is, not as a link
+        return f"&#91;{n}&#93;"
+    tip = escape_html(f"{short_title(citation.title, 80)} ({citation.doc_id})")
+    return f'<sup class="cite" title="{tip}">&#91;{n}&#93;</sup>'
+
+
+def format_answer(answer: Answer, text: str | None = None, final: bool = True) -> str:
+    """The chat message for `answer`: escaped text, `[n]` as labels matching the sources panel.
+
+    `text` (a prefix of the answer, while streaming) replaces `answer.answer`; `final` adds the
+    footer that names each cited source, or, when the assistant abstained, says where to look.
+    """
+    labels = LABELS[answer.language]
+    text = answer.answer if text is None else text
+    by_number = {c.n: c for c in answer.citations}
+    parts, last = [], 0
+    for m in _MARKER.finditer(text):
+        parts.append(escape_markdown(text[last : m.start()]))
+        parts.append(_marker_html(int(m.group(1)), by_number.get(int(m.group(1)))))
+        last = m.end()
+    parts.append(escape_markdown(text[last:]))
+    message = "".join(parts)
+    if not final:
+        return message
+    if answer.abstained:
+        return f"{message}\n\n<em>{escape_html(labels['no_answer_hint'])}</em>"
+    if answer.citations:
+        sources = "<br>".join(
+            f'<span class="cite">&#91;{c.n}&#93;</span> {escape_markdown(short_title(c.title))} '
+            f'<code class="doc-id">{escape_markdown(c.doc_id)}</code>'
+            for c in answer.citations
+        )
+        message += f'\n\n<span class="cite-list">{escape_html(labels["sources"])}:<br>{sources}</span>'
+    return message
+
+
+# Markers stay whole; Chinese is cut every few characters, other text at word boundaries.
+_WIDE = "\u3000-\u303f\u3400-\u9fff\uf900-\ufaff\uff00-\uffef"  # CJK characters and punctuation
+_STREAM_TOKEN = re.compile(rf"\[\d+\]|[{_WIDE}]{{1,3}}|\s+|[^\s\[{_WIDE}]+|.", re.S)
+
+
+def stream_prefixes(text: str, steps: int = 24) -> list[str]:
+    """At most `steps` growing prefixes of `text`, cut at token boundaries; the last is `text`."""
+    ends = [m.end() for m in _STREAM_TOKEN.finditer(text)]
+    if not ends:
+        return [text]
+    stride = max(1, -(-len(ends) // steps))
+    cuts = ends[stride - 1 :: stride]
+    if not cuts or cuts[-1] != len(text):
+        cuts.append(len(text))
+    return [text[:cut] for cut in cuts]
+
+
+def stream_answer(answer: Answer, steps: int = 24) -> Iterator[str]:
+    """Chat messages for progressively longer parts of the answer; the last one is complete."""
+    prefixes = stream_prefixes(answer.answer, steps)
+    for prefix in prefixes[:-1]:
+        yield format_answer(answer, prefix, final=False)
+    yield format_answer(answer)
+
+
+# --------------------------------------------------------------------------- sources panel
+
+
+def highlight(text: str, offset: int, spans: Sequence[tuple[int, int]]) -> str:
+    """`text` (which starts at document offset `offset`) escaped, with `spans` in <mark>."""
+    merged: list[list[int]] = []
+    for start, end in sorted((max(0, s - offset), min(len(text), e - offset)) for s, e in spans):
+        if end <= start:
+            continue  # outside this passage
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    out, last = [], 0
+    for start, end in merged:
+        out.append(escape_html(text[last:start]))
+        out.append(f"<mark>{escape_html(text[start:end])}</mark>")
+        last = end
+    out.append(escape_html(text[last:]))
+    return "".join(out)
+
+
+def _source_card(c: Citation) -> str:
+    return (
+        f'<div class="src-card" id="src-{c.n}">'
+        f'<div class="src-head"><span class="cite">&#91;{c.n}&#93;</span> '
+        f'<span class="src-title">{escape_html(short_title(c.title, 120))}</span></div>'
+        f'<div class="src-meta"><code class="doc-id">{escape_html(c.doc_id)}</code> '
+        f"· chars {c.start}–{c.end} · score {c.score:.3f}</div>"
+        f'<div class="src-text">{highlight(c.text, c.start, c.quoted)}</div>'
+        "</div>"
+    )
+
+
+def sources_html(answer: Answer | None, asked: str | None = None) -> str:
+    """The sources panel: each cited passage (or, on abstention, each nearest one) with its
+    title, document id, score and the quoted sentences highlighted. When the question searched
+    (`answer.question`) differs from the one the user `asked`, the panel says what was searched."""
+    if answer is None:
+        empty = "<br>".join(escape_html(LABELS[lang]["empty"]) for lang in ("en", "zh"))
+        return f'<div class="sources"><p class="src-empty">{empty}</p></div>'
+    labels = LABELS[answer.language]
+    parts = ['<div class="sources">']
+    if asked is not None and asked.strip() != answer.question.strip():
+        parts.append(f'<p class="src-query">{escape_html(labels["query"])} <q>{escape_html(answer.question)}</q></p>')
+    if answer.abstained:
+        parts.append(f'<p class="src-abstain">{escape_html(labels["nearest"])}</p>')
+        parts.extend(_source_card(c) for c in answer.nearest)
+    else:
+        parts.append(f'<p class="src-heading">{escape_html(labels["cited"])}</p>')
+        parts.extend(_source_card(c) for c in answer.citations)
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def quoted_spans(answer: Answer | None) -> dict[str, list[tuple[int, int]]]:
+    """Document id -> offsets of the sentences the answer quoted (for the document viewer)."""
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for c in answer.citations if answer else []:
+        spans.setdefault(c.doc_id, []).extend(c.quoted)
+    return spans
+
+
+# --------------------------------------------------------------------------- documents and index
+
+
+def document_choices(index: Index) -> list[tuple[str, str]]:
+    """(label, doc_id) for every indexed document, for a picker."""
+    choices = []
+    for doc_id, meta in index.documents.items():
+        title = meta.get("title") or doc_id
+        choices.append((f"{doc_id} · {short_title(title, 50)}", doc_id))
+    return choices
+
+
+def document_text(index: Index, corpus_dir: Path, doc_id: str) -> str | None:
+    """The full text of an indexed document, as indexed; None when `doc_id` is not indexed.
+
+    Only ids in the index's manifest are opened, so a crafted id cannot reach other files.
+    When the file changed since indexing, the text is rebuilt from the indexed chunks, so the
+    offsets of the quoted sentences still point at the right characters.
+    """
+    meta = index.documents.get(doc_id)
+    if meta is None:
+        return None
+    try:
+        document = load_document(corpus_dir / doc_id, doc_id)
+        if document.content_hash == meta.get("sha256"):
+            return document.text
+    except (OSError, DocumentError, UnicodeError):
+        pass
+    chars = [" "] * int(meta.get("chars", 0))
+    for chunk in index.chunks:
+        if chunk.doc_id == doc_id:
+            chars[chunk.start : chunk.end] = chunk.text
+    return "".join(chars)
+
+
+def document_html(doc_id: str, title: str, text: str | None, spans: Sequence[tuple[int, int]] = ()) -> str:
+    """The document viewer: the escaped full text with the answer's quoted sentences marked."""
+    if text is None:
+        return f'<div class="doc-view"><p>Not in the index: <code>{escape_html(doc_id)}</code></p></div>'
+    heading = escape_html(short_title(title, 120))
+    return (
+        f'<div class="doc-view"><div class="src-head"><span class="src-title">{heading}</span></div>'
+        f'<div class="src-meta"><code class="doc-id">{escape_html(doc_id)}</code> · {len(text)} chars</div>'
+        f'<div class="doc-text">{highlight(text, 0, spans)}</div></div>'
+    )
+
+
+def index_html(manifest: dict) -> str:
+    """The index panel: when it was built, with which model, and which documents it holds."""
+    model = manifest.get("model", {})
+    counts = manifest.get("counts", {})
+    rows = "".join(
+        f"<tr><td><code>{escape_html(doc_id)}</code></td><td>{escape_html(short_title(meta.get('title', ''), 90))}</td>"
+        f"<td class='num'>{int(meta.get('chars', 0)):,}</td></tr>"
+        for doc_id, meta in manifest.get("documents", {}).items()
+    )
+    return (
+        '<div class="index-info">'
+        f"<p><b>Model</b> {escape_html(str(model.get('name', '?')))} "
+        f"({escape_html(str(model.get('dimension', '?')))} dimensions) · "
+        f"<b>updated</b> {escape_html(str(manifest.get('updated', '?')))} · "
+        f"<b>created</b> {escape_html(str(manifest.get('created', '?')))}</p>"
+        f"<p>{int(counts.get('documents', 0))} documents, {int(counts.get('chunks', 0))} passages, "
+        f"{int(counts.get('sentences', 0))} sentences</p>"
+        "<table><thead><tr><th>Document id</th><th>Title</th><th>Characters</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table></div>"
+    )
+
+
+# --------------------------------------------------------------------------- follow-up questions
+
+FOLLOW_UP_MAX_WORDS = 12  # English: longer questions are taken to carry their own context
+FOLLOW_UP_MAX_CJK = 25  # Chinese characters, about as much content as 12 English words
+
+_EN_OPENER = re.compile(r"^\s*(and|also|what about|how about|then|so|but)\b", re.I)
+_EN_ANAPHORA = re.compile(
+    r"\b(it|its|they|them|their|he|him|his|she|her|these|those|the same"
+    r"|(the|this|that|next|last|other|previous) (one|ones))\b",
+    re.I,
+)
+# "how many came ...", "how much?": a count whose noun was left in the previous question.
+_EN_ELLIPSIS = re.compile(
+    r"\bhow (many|much)\s*(\?|$|(are|were|is|was|did|do|does|have|has|had|came|come|of|in|from|will)\b)", re.I
+)
+_ZH_OPENER = re.compile(r"^\s*(那|那么|还有|另外|而|其中)")
+# Not the 他 of 其他 ("other") nor the 该 of 应该 ("should").
+_ZH_ANAPHORA = re.compile(r"(它|(?<!其)他|她|其中|这些|那些|(?<!应)该|此|呢\s*[?？]?\s*$)")
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+
+
+def is_follow_up(question: str) -> bool:
+    """True for a short question that leans on the previous one ("And how many ...?", "那安徽呢？")."""
+    cjk = len(_CJK.findall(question))
+    if cjk:
+        if cjk > FOLLOW_UP_MAX_CJK:
+            return False
+        if _ZH_OPENER.search(question) or _ZH_ANAPHORA.search(question):
+            return True
+    if len(re.findall(r"[A-Za-z0-9]+", question)) > FOLLOW_UP_MAX_WORDS:
+        return False
+    return bool(_EN_OPENER.search(question) or _EN_ANAPHORA.search(question) or _EN_ELLIPSIS.search(question))
+
+
+def contextualize(question: str, history: Sequence[str]) -> str:
+    """The retrieval query for `question` given the previous user questions (oldest first).
+
+    A follow-up is prefixed with the most recent standalone question, so "And how many came
+    from Zhejiang?" is searched together with the question it follows; a chain of follow-ups
+    ("那安徽呢？" after "其中浙江有多少项？") keeps the question the chain started from.
+    Anything else is returned unchanged. Caveat: the extractive answerer scores sentences
+    against this whole query, so it can re-quote the previous answer (eval/multiturn.jsonl
+    measures it); the fix is for the assistant to answer the follow-up over passages
+    retrieved with this query.
+    """
+    previous = [q.strip() for q in history if q and q.strip()]
+    if not previous or not is_follow_up(question):
+        return question
+    anchor = next((q for q in reversed(previous) if not is_follow_up(q)), previous[0])
+    return f"{anchor} {question.strip()}"

@@ -1,0 +1,202 @@
+"""End to end: the web chat in headless Debian Chromium, driven by Playwright.
+
+Starts `python app.py` on a free loopback port over a copy of the bundled corpus plus one
+hostile document, asks in Chinese and English, follows up, checks that the hostile markup
+stays inert, and refreshes the index. The tests share one page and run in file order.
+Needs /usr/bin/chromium (`apt-get install chromium`) and the playwright package; it never
+downloads a browser. The screenshot goes to docs/screenshot.png.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from rag.config import DEFAULT_EMBED_MODEL
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOT = ROOT / "docs" / "screenshot.png"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+STARTUP_TIMEOUT_S = 600  # a fresh machine converts the model and embeds the corpus first
+ANSWER_TIMEOUT_MS = 120_000
+
+# Every way we know for document text to run script if it were rendered as markup.
+HOSTILE_DOC = """\
+Zebra lantern notice <img src=x onerror="window.__pwned=1">
+
+The zebra lantern protocol is a made-up phrase for testing. <script>window.__pwned=1</script>
+The zebra lantern image check <img src=x onerror="window.__pwned=1"> ends here.
+The zebra lantern link check [click me](javascript:window.__pwned=1) ends here.
+The zebra lantern template check ${window.__pwned=1} {{constructor.constructor('window.__pwned=1')()}} ends here.
+"""
+HOSTILE_ID = "zz_hostile.txt"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_until_serving(url: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"app.py exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(1)
+    pytest.fail(f"app.py did not serve {url} within {STARTUP_TIMEOUT_S} s:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    corpus = tmp_path_factory.mktemp("web") / "corpus"
+    shutil.copytree(ROOT / "corpus", corpus)
+    (corpus / HOSTILE_ID).write_text(HOSTILE_DOC, encoding="utf-8")
+    return corpus
+
+
+@pytest.fixture(scope="module")
+def server(corpus: Path, model_cache_dir: Path):
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: install Debian's browser with `apt-get install chromium`")
+    port = _free_port()
+    # The defaults, whatever the caller's RAG_* settings; the model cache is shared (RAG_CACHE_DIR if set).
+    env = {name: value for name, value in os.environ.items() if not name.startswith("RAG_")}
+    env.update(
+        RAG_CORPUS_DIR=str(corpus),
+        RAG_INDEX_DIR=str(corpus.parent / "index"),
+        RAG_CACHE_DIR=str(model_cache_dir),
+    )
+    log = corpus.parent / "app.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_until_serving(url, proc, log)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def page(server: str):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (never `playwright install`)")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(server)
+        page.wait_for_selector("#question textarea", timeout=60_000)
+        yield page
+        browser.close()
+
+
+def _expect(locator):
+    from playwright.sync_api import expect
+
+    return expect(locator)
+
+
+def ask(page, question: str) -> str:
+    """Ask `question` and wait for the complete answer (the footer comes with the last step)."""
+    bots = page.locator('#chat [data-testid="bot"]')
+    before = bots.count()
+    page.fill("#question textarea", question)
+    page.press("#question textarea", "Enter")
+    _expect(bots).to_have_count(before + 1, timeout=ANSWER_TIMEOUT_MS)
+    _expect(bots.last.locator(".cite-list, em")).to_have_count(1, timeout=ANSWER_TIMEOUT_MS)
+    return bots.last.inner_text()
+
+
+def test_chinese_question_is_answered_with_its_source(page):
+    answer = ask(page, "第二届长三角一体化发展高层论坛集中展示了多少项重大科技成果?")
+    assert "585" in answer
+    _expect(page.locator("#sources")).to_contain_text("002_45de342918c548f4.txt")
+    _expect(page.locator("#sources mark")).to_contain_text(["585"])
+
+
+def test_english_question_is_answered_with_its_source(page):
+    answer = ask(page, "Who is the chairman of the board of Huali Group Co., Ltd.?")
+    assert "Wang Licheng" in answer
+    assert "[1]" in answer
+    _expect(page.locator("#sources")).to_contain_text("000_a8a753100bc1bd62.txt")
+    _expect(page.locator("#sources .src-card").first).to_contain_text("[1]")
+
+
+def test_follow_up_is_searched_with_the_previous_question(page):
+    answer = ask(page, "Which business alliance is he vice chairman of?")
+    assert "Entrepreneurs Alliance" in answer
+    sources = page.locator("#sources")
+    _expect(sources).to_contain_text("Searched with the conversation's context")
+    _expect(sources).to_contain_text("Huali Group")
+    _expect(sources).to_contain_text("000_a8a753100bc1bd62.txt")
+    page.click("#open-doc")  # the cited document, with the quoted sentence marked
+    _expect(page.locator("#document mark")).to_contain_text(["Entrepreneurs Alliance"])
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+
+def test_hostile_document_renders_inert(page):
+    page.click("text=New conversation")
+    _expect(page.locator('#chat [data-testid="bot"]')).to_have_count(0)
+    ask(page, "What is the zebra lantern protocol?")
+    sources = page.locator("#sources")
+    _expect(sources).to_contain_text(HOSTILE_ID)
+    _expect(sources).to_contain_text("<script>window.__pwned=1</script>")  # shown as text
+    page.click("#open-doc")
+    viewer = page.locator("#document")
+    _expect(viewer).to_contain_text('<img src=x onerror="window.__pwned=1">')
+    _expect(viewer).to_contain_text("[click me](javascript:window.__pwned=1)")
+    _expect(viewer).to_contain_text("${window.__pwned=1}")
+    page.wait_for_timeout(1000)  # time for a broken <img> to fire onerror, if one had been made
+    assert page.evaluate("typeof window.__pwned") == "undefined"
+    injected = "#chat script, #chat img, #sources script, #sources img, #document script, #document img"
+    assert page.locator(injected).count() == 0
+    assert page.locator('a[href^="javascript:"]').count() == 0
+
+
+def test_refresh_index_picks_up_a_new_document(page, corpus: Path):
+    (corpus / "zz_added.txt").write_text("An added note about the okapi harbour.\n", encoding="utf-8")
+    page.get_by_role("tab", name="Index · 索引").click()
+    _expect(page.locator("#index-panel")).to_contain_text(DEFAULT_EMBED_MODEL)
+    _expect(page.locator("#index-panel")).to_contain_text(HOSTILE_ID)
+    page.click("#refresh")
+    status = page.locator("#refresh-status textarea")
+    _expect(status).to_have_value(re.compile("added 1"), timeout=ANSWER_TIMEOUT_MS)
+    _expect(page.locator("#index-panel")).to_contain_text("zz_added.txt")
+    assert page.evaluate("typeof window.__pwned") == "undefined"
