@@ -73,7 +73,7 @@ def main() -> None:
         one_s = time.perf_counter() - started
 
         started = time.perf_counter()
-        noop = refresh_index(settings, embedder)
+        refresh_index(settings, embedder)
         noop_s = time.perf_counter() - started
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from rag.chunking import Chunk
+from rag.crosslingual import document_terms
 from rag.documents import is_chinese, normalize
 from rag.indexing import Index, sentence_key
-from rag.lexical import tokenize
 from rag.retrieval import Hit, Retrieval
 
 NOT_FOUND = {
@@ -58,6 +58,8 @@ class Answer:
     timings_ms: dict[str, float] = field(default_factory=dict)
     evidence: float = 0.0
     language: str = "en"
+    # Set when an LLM wrote (or tried to write) the answer: see rag.llm.verify_citations.
+    verification: dict | None = None
 
     def to_json(self) -> dict:
         out = {
@@ -71,6 +73,8 @@ class Answer:
         }
         if self.abstained:
             out["nearest"] = [_citation_json(c) for c in self.nearest]
+        if self.verification is not None:
+            out["verification"] = self.verification
         return out
 
 
@@ -112,13 +116,17 @@ class ScoredSentence:
     score: float
 
 
-def _term_weights(index: Index, terms: Sequence[str]) -> dict[str, float]:
-    return {t: index.bm25.idf_of(t) for t in dict.fromkeys(terms)}
+def _term_weights(index: Index, terms: Sequence[str], translated: dict[str, float] | None = None) -> dict[str, float]:
+    """IDF of each query term; other-language terms count at their translation weight."""
+    weights = {t: index.bm25.idf_of(t) for t in dict.fromkeys(terms)}
+    for term, weight in (translated or {}).items():
+        weights.setdefault(term, weight * index.bm25.idf_of(term))
+    return weights
 
 
 def score_sentences(index: Index, retrieval: Retrieval) -> list[ScoredSentence]:
     """Every sentence of the retrieved passages with its evidence score, best first."""
-    weights = _term_weights(index, retrieval.query_terms)
+    weights = _term_weights(index, retrieval.query_terms, retrieval.translated_terms)
     total_weight = sum(weights.values()) or 1.0
     candidates: dict[tuple[str, int, int], ScoredSentence] = {}
     keys, spans = [], []
@@ -135,7 +143,7 @@ def score_sentences(index: Index, retrieval: Retrieval) -> list[ScoredSentence]:
         key = (hit.chunk.doc_id, start, end)
         if key in candidates:  # the same sentence in an overlapping chunk: keep the better rank
             continue
-        present = set(tokenize(normalize(text)))
+        present = set(document_terms(normalize(text)))  # with pinyin, to meet translated terms
         overlap = sum(w for t, w in weights.items() if t in present) / total_weight
         score = float(cosine) + OVERLAP_WEIGHT * overlap
         candidates[key] = ScoredSentence(rank, hit, start, end, text, score)

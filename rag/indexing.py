@@ -28,12 +28,13 @@ import numpy as np
 from rag import __version__
 from rag.chunking import Chunk, Sentence, chunk_document, int_id
 from rag.config import Settings
-from rag.documents import Document, LoadError, load_corpus, normalize
+from rag.crosslingual import document_terms
+from rag.documents import Document, LoadError, is_chinese, load_corpus, normalize
 from rag.embeddings import Embedder
-from rag.lexical import BM25, tokenize
+from rag.lexical import BM25
 from rag.store import VectorStore
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: chunk terms include pinyin and joined names (rag.crosslingual)
 _FILES = ("manifest.json", "chunks.jsonl", "chunks.faiss", "sentences.faiss")
 
 
@@ -67,6 +68,7 @@ class Index:
     row_of_id: dict[int, int] = field(init=False)
     chunk_rows_of_sentence: dict[int, list[int]] = field(init=False)
     bm25: BM25 = field(init=False)
+    chinese_rows: np.ndarray = field(init=False)  # True where a chunk is Chinese text
 
     def __post_init__(self) -> None:
         self.row_of_id = {int_id(c.chunk_id): row for row, c in enumerate(self.chunks)}
@@ -75,6 +77,7 @@ class Index:
             for key in self.sentence_keys(chunk):
                 self.chunk_rows_of_sentence.setdefault(key, []).append(row)
         self.bm25 = BM25(self.terms)
+        self.chinese_rows = np.array([is_chinese(c.text) for c in self.chunks], dtype=bool)
 
     @staticmethod
     def sentence_keys(chunk: Chunk) -> list[int]:
@@ -285,13 +288,13 @@ def _write_generation(
 
 
 def _versions() -> dict[str, str]:
-    import faiss
+    from importlib import metadata
 
-    versions = {"rag": __version__, "faiss": faiss.__version__, "numpy": np.__version__}
-    with contextlib.suppress(ImportError):
-        import sentence_transformers
-
-        versions["sentence_transformers"] = sentence_transformers.__version__
+    # Read from package metadata: importing sentence-transformers would pull in torch.
+    versions = {"rag": __version__}
+    for package in ("faiss-cpu", "numpy", "sentence-transformers", "torch", "jieba"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[package] = metadata.version(package)
     return versions
 
 
@@ -387,7 +390,7 @@ def _plan_and_write(
         else:
             new_chunks = chunk_document(doc, embedder.count_tokens, settings.chunk_tokens, settings.chunk_overlap)
             chunks.extend(new_chunks)
-            terms.extend(tokenize(c.search_text) for c in new_chunks)
+            terms.extend(document_terms(c.search_text) for c in new_chunks)
             (report.updated if previous else report.added).append(doc.doc_id)
         doc_entries[doc.doc_id] = {
             "title": doc.title,

@@ -50,6 +50,11 @@ def _segmenter():
     return _jieba
 
 
+def segment(run: str) -> list[str]:
+    """Plain jieba segmentation of a run of Chinese characters (each character used once)."""
+    return _segmenter().lcut(run)
+
+
 def tokenize(text: str) -> list[str]:
     """Search terms of `text` (expects NFKC-normalised input), stopwords removed."""
     terms: list[str] = []
@@ -112,6 +117,13 @@ class BM25:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         order = positive[np.argsort(-scores[positive], kind="stable")[:k]]
         return order, scores[order]
+
+    def rows_with(self, term: str) -> np.ndarray:
+        """Rows of the documents that contain `term`."""
+        col = self.vocabulary.get(term)
+        if col is None:
+            return np.zeros(0, np.int64)
+        return self._weights.indices[self._weights.indptr[col] : self._weights.indptr[col + 1]]
 
     def idf_of(self, term: str) -> float:
         col = self.vocabulary.get(term)

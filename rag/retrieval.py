@@ -1,20 +1,22 @@
 """Hybrid retrieval: dense chunk and sentence vectors plus BM25, fused by reciprocal rank.
 
-Three ranked lists are fused with RRF (score = sum of weight / (k + rank)): chunk vectors find
+Four ranked lists are fused with RRF (score = sum of weight / (k + rank)): chunk vectors find
 passages about the question's topic, sentence vectors find the one sentence that carries a fact
-(a chunk-level vector dilutes it), BM25 finds exact names and numbers. RRF needs no score
+(a chunk-level vector dilutes it), BM25 finds exact names and numbers, and BM25 over the query's
+translation (rag.crosslingual) finds passages in the other language. RRF needs no score
 calibration between them. Trade-off: a chunk found by one list only ranks below one that two
 lists agree on, even when that one list was sure.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from rag.chunking import Chunk
-from rag.documents import normalize
+from rag.crosslingual import own_coverage, query_expansion
+from rag.documents import is_chinese, normalize
 from rag.embeddings import Embedder
 from rag.indexing import Index
 from rag.lexical import tokenize
@@ -35,6 +37,8 @@ class Retrieval:
     query_vector: np.ndarray
     query_terms: list[str]
     hits: list[Hit]
+    # Other-language terms for the query (pinyin, dictionary translations) -> weight in (0, 1].
+    translated_terms: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,8 @@ class FusionWeights:
     chunks: float = 1.0
     sentences: float = 1.0
     lexical: float = 1.0
+    # At its full weight only when no passage holds the question's own words (see retrieve).
+    translated: float = 4.0
 
 
 def reciprocal_rank_fusion(rankings: list[list[int]], weights: list[float], k: int = 60) -> list[tuple[int, float]]:
@@ -89,9 +95,17 @@ def retrieve(
     lexical_rows, lexical_scores = index.bm25.top(terms, candidates)
     lexical_of = dict(zip(lexical_rows.tolist(), lexical_scores.tolist()))
 
+    # The query in the other language, ranking only the other language's passages; it counts more
+    # the less of the question any passage explains in the question's own words.
+    gate = 1.0 - own_coverage(index.bm25, terms)
+    translated = {t: w * gate for t, w in query_expansion(query, index.bm25.vocabulary).items()}
+    translated_rows, _ = index.bm25.top(list(translated), candidates * 4, list(translated.values()))
+    other_language = index.chinese_rows[translated_rows] != is_chinese(query)
+    translated_rows = translated_rows[other_language][:candidates]
+
     fused = reciprocal_rank_fusion(
-        [chunk_ranking, sentence_ranking, lexical_rows.tolist()],
-        [weights.chunks, weights.sentences, weights.lexical],
+        [chunk_ranking, sentence_ranking, lexical_rows.tolist(), translated_rows.tolist()],
+        [weights.chunks, weights.sentences, weights.lexical, weights.translated * gate],
         rrf_k,
     )
     hits = [
@@ -104,4 +118,4 @@ def retrieve(
         )
         for row, score in fused[:top_k]
     ]
-    return Retrieval(query, query_vector, terms, hits)
+    return Retrieval(query, query_vector, terms, hits, translated)

@@ -237,7 +237,7 @@ def test_manifest_records_model_versions_hashes_and_times(settings, embedder):
     manifest = json.loads((current_generation(settings.index_dir) / "manifest.json").read_text("utf-8"))
     assert manifest == index.manifest
     assert manifest["model"] == {"name": "fake-hash-64", "dimension": 64, "normalized": True}
-    assert {"rag", "faiss", "numpy"} <= set(manifest["versions"])
+    assert {"rag", "faiss-cpu", "numpy"} <= set(manifest["versions"])
     for doc_id in ALL_DOCS:
         raw = (settings.corpus_dir / doc_id).read_bytes()
         assert manifest["documents"][doc_id]["sha256"] == hashlib.sha256(raw).hexdigest()

