@@ -47,7 +47,9 @@ def main() -> None:
     started = time.perf_counter()
     subprocess.run(
         ["rag", "ask", "--json", "第二届长三角一体化发展高层论坛集中展示了多少项重大科技成果?"],
-        check=True, capture_output=True, env=dict(os.environ),
+        check=True,
+        capture_output=True,
+        env=dict(os.environ),
     )
     cold_s = time.perf_counter() - started
 
@@ -60,12 +62,15 @@ def main() -> None:
         "cold_rag_ask_s": round(cold_s, 2),
         "threads": os.environ.get("OMP_NUM_THREADS", "default"),
     }
-    rows = [(name, f"p50 {s['p50']:.1f}  p95 {s['p95']:.1f}") for name, s in (
-        ("query embedding (ms)", figures["query_embedding_ms"]),
-        ("retrieve incl. embedding (ms)", figures["retrieve_ms_including_embedding"]),
-        ("extractive answer (ms)", figures["answer_ms"]),
-        ("total (ms)", figures["total_ms"]),
-    )]
+    rows = [
+        (name, f"p50 {s['p50']:.1f}  p95 {s['p95']:.1f}")
+        for name, s in (
+            ("query embedding (ms)", figures["query_embedding_ms"]),
+            ("retrieve incl. embedding (ms)", figures["retrieve_ms_including_embedding"]),
+            ("extractive answer (ms)", figures["answer_ms"]),
+            ("total (ms)", figures["total_ms"]),
+        )
+    ]
     rows.append(("cold `rag ask` (s)", f"{cold_s:.2f}"))
     emit("query latency, bundled corpus, warm", figures, rows)
 

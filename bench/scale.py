@@ -98,10 +98,19 @@ def main() -> None:
         faiss.omp_set_num_threads(0)
         recall = float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)]))
         lat = summarize(times)
-        figures[kind] = {"build_s": round(build_s, 1), "size_mb": round(size_mb, 1), "latency_ms": lat,
-                         "recall@10": round(recall, 4)}
-        rows.append((kind, f"build {build_s:.1f} s, {size_mb:.0f} MB, p50 {lat['p50']:.2f} ms, "
-                           f"p95 {lat['p95']:.2f} ms, recall@10 {recall:.3f}"))
+        figures[kind] = {
+            "build_s": round(build_s, 1),
+            "size_mb": round(size_mb, 1),
+            "latency_ms": lat,
+            "recall@10": round(recall, 4),
+        }
+        rows.append(
+            (
+                kind,
+                f"build {build_s:.1f} s, {size_mb:.0f} MB, p50 {lat['p50']:.2f} ms, "
+                f"p95 {lat['p95']:.2f} ms, recall@10 {recall:.3f}",
+            )
+        )
         del index
     emit(f"vector search at {args.n:,} vectors", figures, rows)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
 from rag.answer import Answer, extractive_answer
@@ -18,6 +19,7 @@ from rag.config import Settings
 from rag.documents import iter_document_paths
 from rag.embeddings import Embedder, load_embedder
 from rag.indexing import Index, RefreshReport, load_index, read_manifest, refresh_index
+from rag.llm import LLMAnswerer, LLMError, final_answer, llm_configured
 from rag.retrieval import Retrieval, retrieve
 
 
@@ -27,6 +29,8 @@ class Assistant:
         self.embedder = embedder or load_embedder(settings.embed_model, settings.cache_dir)
         self._index: Index | None = None
         self._refresh_lock = threading.Lock()
+        # With an LLM server configured, answers are generated, verified, and fall back to quotes.
+        self.llm = LLMAnswerer(settings, self.embedder) if llm_configured(settings) else None
 
     # ------------------------------------------------------------------ index
 
@@ -87,6 +91,8 @@ class Assistant:
         retrieved = time.perf_counter()
         shown = replace(retrieval, hits=retrieval.hits[: s.top_k])
         answer = extractive_answer(index, shown, question, s.abstain_threshold, s.max_answer_sentences)
+        if self.llm is not None:
+            answer = final_answer(self._generate(index, shown, question, answer))
         done = time.perf_counter()
         answer.timings_ms = {
             "retrieve": (retrieved - started) * 1000,
@@ -94,6 +100,51 @@ class Assistant:
             "total": (done - started) * 1000,
         }
         return answer, retrieval
+
+    def ask_stream(self, question: str, history: Sequence[str] = ()) -> Iterator[str | Answer]:
+        """Text deltas of the answer as the LLM writes them, then the final Answer.
+
+        `history` holds the conversation's earlier questions: a follow-up is rewritten into a
+        standalone query first. The final Answer may differ from the deltas: renumbered
+        citations, or the extractive fallback when the reply failed verification.
+        Without an LLM there are no deltas, only the extractive Answer.
+        """
+        question = validate_question(question)
+        query = self.standalone_query(question, history)
+        index = self.index
+        s = self.settings
+        started = time.perf_counter()
+        retrieval = retrieve(index, self.embedder, query, s.top_k, s.candidates, s.rrf_k)
+        retrieved = time.perf_counter()
+        answer = extractive_answer(index, retrieval, query, s.abstain_threshold, s.max_answer_sentences)
+        if self.llm is not None:
+            answer = yield from self._generate(index, retrieval, query, answer)
+        done = time.perf_counter()
+        answer.timings_ms = {
+            "retrieve": (retrieved - started) * 1000,
+            "answer": (done - retrieved) * 1000,
+            "total": (done - started) * 1000,
+        }
+        yield answer
+
+    def _generate(self, index: Index, retrieval: Retrieval, question: str, extractive: Answer):
+        titles = {doc_id: meta.get("title", doc_id) for doc_id, meta in index.documents.items()}
+        return self.llm.generate(retrieval.hits, titles, question, extractive)
+
+    def standalone_query(self, question: str, history: Sequence[str] = ()) -> str:
+        """The retrieval query for a follow-up: the LLM's rewrite if one is configured, else rag.chat's."""
+        if not history:
+            return question
+        if self.llm is not None:
+            try:
+                return self.llm.rewrite_followup(question, history)
+            except LLMError:
+                pass  # the surface-cue rewrite below still makes a usable query
+        try:
+            from rag.chat import contextualize
+        except ImportError:
+            return question
+        return contextualize(question, history)
 
 
 MAX_QUESTION_CHARS = 2000

@@ -20,6 +20,8 @@ examples:
   rag eval --qa eval/qa.jsonl --out eval/report
   rag eval --compare eval/report-before/report.json eval/report/report.json
   rag serve --port 7860
+  RAG_LLM_BASE_URL=http://127.0.0.1:11434/v1 RAG_LLM_MODEL=qwen2.5:3b rag ask "Where was the 2023 symposium held?"
+  rag eval --llm --llm-base-url http://127.0.0.1:8080/v1 --llm-model local --out eval/report-llm
 
 environment variables (a flag wins over its variable):
 """ + "\n".join(f"  {var:<24} --{name.replace('_', '-')}" for name, var in ENV_VARS.items())
@@ -39,10 +41,31 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="evidence below this abstains [RAG_ABSTAIN_THRESHOLD]",
     )
+    parser.add_argument(
+        "--llm-base-url",
+        dest="llm_base_url",
+        help="OpenAI-compatible server for generated answers, e.g. http://127.0.0.1:11434/v1 [RAG_LLM_BASE_URL]",
+    )
+    parser.add_argument("--llm-model", dest="llm_model", help="model name on that server [RAG_LLM_MODEL]")
+    parser.add_argument("--llm-api-key", dest="llm_api_key", help="API key, if the server wants one [RAG_LLM_API_KEY]")
+    parser.add_argument(
+        "--llm-timeout", dest="llm_timeout", type=float, help="seconds to wait for the LLM server [RAG_LLM_TIMEOUT]"
+    )
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    names = ("corpus_dir", "index_dir", "embed_model", "cache_dir", "top_k", "abstain_threshold")
+    names = (
+        "corpus_dir",
+        "index_dir",
+        "embed_model",
+        "cache_dir",
+        "top_k",
+        "abstain_threshold",
+        "llm_base_url",
+        "llm_model",
+        "llm_api_key",
+        "llm_timeout",
+    )
     return Settings.from_env(**{n: getattr(args, n, None) for n in names})
 
 
@@ -75,6 +98,10 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def _print_answer(answer, width: int = 100) -> None:
     print(textwrap.fill(answer.answer, width) if answer.language == "en" else answer.answer)
+    _print_sources(answer)
+
+
+def _print_sources(answer) -> None:
     sources = answer.nearest if answer.abstained else answer.citations
     if sources:
         print("\nNearest passages:" if answer.abstained else "\nSources:")
@@ -90,7 +117,12 @@ def cmd_ask(args: argparse.Namespace) -> int:
     assistant = _assistant(_settings(args))
     question = " ".join(args.question)
     try:
-        answer = assistant.ask(question)
+        if args.json or assistant.llm is None:
+            answer = assistant.ask(question)
+        else:
+            answer = _stream_answer(assistant, question)
+            if answer is None:
+                return 0
     except QuestionError as exc:
         print(f"rag ask: {exc}", file=sys.stderr)
         return 2
@@ -101,6 +133,36 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stream_answer(assistant, question: str):
+    """Print the LLM's reply as it arrives; return the final Answer when it still has to be printed."""
+    from rag.answer import Answer
+
+    streamed = ""
+    for item in assistant.ask_stream(question):
+        if isinstance(item, str):
+            streamed += item
+            print(item, end="", flush=True)
+            continue
+        answer: Answer = item
+    if not streamed:
+        return answer
+    print("\n")
+    verification = answer.verification or {}
+    if not verification.get("passed"):
+        error = verification.get("error")
+        print(f"rag ask: {error}" if error else "rag ask: the reply above failed citation checks:", file=sys.stderr)
+        for reason in [] if error else verification.get("reasons", []):
+            print(f"  - {reason}", file=sys.stderr)
+        print("-" * 40)
+        return answer
+    if answer.abstained or " ".join(answer.answer.split()) != " ".join(streamed.split()):
+        # Citations were renumbered (or the model said NOT_FOUND): show the final form.
+        print("-" * 40)
+        return answer
+    _print_sources(answer)
+    return None
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from rag import evaluate
 
@@ -108,6 +170,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(evaluate.compare_reports(Path(args.compare[0]), Path(args.compare[1])))
         return 0
     settings = _settings(args)
+    if args.llm:
+        from rag.llm import check_llm_settings, llm_configured
+
+        if not llm_configured(settings):
+            raise ValueError(
+                "--llm needs an LLM server: set RAG_LLM_BASE_URL and RAG_LLM_MODEL "
+                "(or --llm-base-url and --llm-model), or RAG_LLM_MODEL and RAG_LLM_API_KEY for OpenAI"
+            )
+        check_llm_settings(settings)
+    else:  # the eval stays extractive (and reproducible) unless --llm asks otherwise
+        settings = settings.with_(llm_base_url=None, llm_model=None)
     if args.calibrate:
         # Answer everything, then sweep the abstention threshold over the recorded evidence.
         settings = settings.with_(abstain_threshold=float("-inf"))
@@ -192,6 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit 1 when a metric is below its floor in this JSON file (eval/thresholds.json)",
     )
     p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="print differences of two reports")
+    p.add_argument(
+        "--llm",
+        action="store_true",
+        help="answer through the configured LLM server (--llm-base-url/--llm-model or RAG_LLM_*)",
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("serve", help="start the web chat")

@@ -21,6 +21,10 @@ ENV_VARS = {
     "cache_dir": "RAG_CACHE_DIR",
     "top_k": "RAG_TOP_K",
     "abstain_threshold": "RAG_ABSTAIN_THRESHOLD",
+    "llm_base_url": "RAG_LLM_BASE_URL",
+    "llm_model": "RAG_LLM_MODEL",
+    "llm_api_key": "RAG_LLM_API_KEY",
+    "llm_timeout": "RAG_LLM_TIMEOUT",
 }
 
 
@@ -57,6 +61,15 @@ class Settings:
     # Minimum evidence score (see rag.answer.evidence_score) below which the assistant abstains.
     abstain_threshold: float = 0.5
     max_answer_sentences: int = 2
+    # An OpenAI-compatible chat server (see rag.llm); with no model set, answers are extractive.
+    llm_base_url: str | None = None
+    llm_model: str | None = None
+    llm_api_key: str | None = None
+    # Seconds to wait for the connection and for each read of the stream.
+    llm_timeout: float = 60.0
+    # Passages sent to the LLM are dropped from the end, whole, until they fit this many tokens.
+    llm_context_tokens: int = 1500
+    llm_max_tokens: int = 400
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
