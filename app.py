@@ -19,7 +19,6 @@ import gradio as gr
 
 from rag.assistant import Assistant, QuestionError
 from rag.chat import (
-    contextualize,
     document_choices,
     document_html,
     document_text,
@@ -87,7 +86,7 @@ def build_app(assistant: Assistant) -> gr.Blocks:
         chat = [*chat, {"role": "user", "content": escape_markdown(message)}, {"role": "assistant", "content": "…"}]
         yield "", chat, gr.skip(), gr.skip(), gr.skip(), gr.skip()
         try:
-            answer = assistant.ask(contextualize(message, asked))
+            answer = assistant.ask(message, history=asked)
         except (QuestionError, IndexError_) as exc:
             chat[-1] = {"role": "assistant", "content": escape_markdown(str(exc))}
             yield "", chat, gr.skip(), gr.skip(), gr.skip(), gr.skip()

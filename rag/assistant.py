@@ -78,21 +78,25 @@ class Assistant:
         s = self.settings
         return retrieve(self.index, self.embedder, question, s.top_k, s.candidates, s.rrf_k)
 
-    def ask(self, question: str) -> Answer:
-        return self.ask_detailed(question)[0]
+    def ask(self, question: str, history: Sequence[str] = ()) -> Answer:
+        return self.ask_detailed(question, history=history)[0]
 
-    def ask_detailed(self, question: str, depth: int = 0) -> tuple[Answer, Retrieval]:
-        """The answer and the retrieval behind it, ranked `depth` deep (for evaluation)."""
+    def ask_detailed(self, question: str, depth: int = 0, history: Sequence[str] = ()) -> tuple[Answer, Retrieval]:
+        """The answer and the retrieval behind it, ranked `depth` deep (for evaluation).
+
+        `history` holds the conversation's earlier questions, oldest first (see `_answer`).
+        """
         question = validate_question(question)
         index = self.index  # one generation for the whole question, even if a refresh lands
         s = self.settings
         started = time.perf_counter()
-        retrieval = retrieve(index, self.embedder, question, max(s.top_k, depth), s.candidates, s.rrf_k)
-        retrieved = time.perf_counter()
+        query = self.standalone_query(question, history)
+        retrieval = retrieve(index, self.embedder, query, max(s.top_k, depth), s.candidates, s.rrf_k)
         shown = replace(retrieval, hits=retrieval.hits[: s.top_k])
-        answer = extractive_answer(index, shown, question, s.abstain_threshold, s.max_answer_sentences)
+        retrieved = time.perf_counter()
+        answer = self._answer(index, shown, question, query)
         if self.llm is not None:
-            answer = final_answer(self._generate(index, shown, question, answer))
+            answer = final_answer(self._generate(index, shown, query, answer))
         done = time.perf_counter()
         answer.timings_ms = {
             "retrieve": (retrieved - started) * 1000,
@@ -110,13 +114,13 @@ class Assistant:
         Without an LLM there are no deltas, only the extractive Answer.
         """
         question = validate_question(question)
-        query = self.standalone_query(question, history)
         index = self.index
         s = self.settings
         started = time.perf_counter()
+        query = self.standalone_query(question, history)
         retrieval = retrieve(index, self.embedder, query, s.top_k, s.candidates, s.rrf_k)
         retrieved = time.perf_counter()
-        answer = extractive_answer(index, retrieval, query, s.abstain_threshold, s.max_answer_sentences)
+        answer = self._answer(index, retrieval, question, query)
         if self.llm is not None:
             answer = yield from self._generate(index, retrieval, query, answer)
         done = time.perf_counter()
@@ -126,6 +130,23 @@ class Assistant:
             "total": (done - started) * 1000,
         }
         yield answer
+
+    def _answer(self, index: Index, retrieval: Retrieval, question: str, query: str) -> Answer:
+        """The extractive answer to `question` over passages retrieved with `query`.
+
+        For a follow-up the two differ: "其中浙江有多少项?" is retrieved together with the question
+        it follows, but scoring sentences against that whole query quotes the previous answer
+        again. So the evidence (and abstention) is judged on the standalone query, and the
+        sentences are then chosen by the follow-up itself from the same passages.
+        """
+        s = self.settings
+        answer = extractive_answer(index, retrieval, query, s.abstain_threshold, s.max_answer_sentences)
+        if query == question or answer.abstained:
+            return answer
+        own = retrieve(index, self.embedder, question, 1, s.candidates, s.rrf_k)
+        focused = replace(own, hits=retrieval.hits)
+        chosen = extractive_answer(index, focused, question, float("-inf"), s.max_answer_sentences)
+        return replace(chosen, evidence=answer.evidence)
 
     def _generate(self, index: Index, retrieval: Retrieval, question: str, extractive: Answer):
         titles = {doc_id: meta.get("title", doc_id) for doc_id, meta in index.documents.items()}

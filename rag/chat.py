@@ -309,10 +309,9 @@ def contextualize(question: str, history: Sequence[str]) -> str:
     A follow-up is prefixed with the most recent standalone question, so "And how many came
     from Zhejiang?" is searched together with the question it follows; a chain of follow-ups
     ("那安徽呢？" after "其中浙江有多少项？") keeps the question the chain started from.
-    Anything else is returned unchanged. Caveat: the extractive answerer scores sentences
-    against this whole query, so it can re-quote the previous answer (eval/multiturn.jsonl
-    measures it); the fix is for the assistant to answer the follow-up over passages
-    retrieved with this query.
+    Anything else is returned unchanged. The assistant retrieves with this query but picks the
+    sentences to quote by the follow-up itself (see Assistant._answer), or it would quote the
+    previous answer again.
     """
     previous = [q.strip() for q in history if q and q.strip()]
     if not previous or not is_follow_up(question):

@@ -68,17 +68,8 @@ def contains_gold(answer: str, gold: list[str], match: str) -> bool:
 # --------------------------------------------------------------------------- running
 
 
-def _query_for(row: dict) -> str:
-    history = row.get("history") or []
-    if not history:
-        return row["question"]
-    from rag.chat import contextualize
-
-    return contextualize(row["question"], history)
-
-
 def evaluate_row(assistant: Assistant, row: dict) -> dict:
-    answer, retrieval = assistant.ask_detailed(_query_for(row), depth=max(HIT_DEPTHS))
+    answer, retrieval = assistant.ask_detailed(row["question"], depth=max(HIT_DEPTHS), history=row.get("history") or ())
     gold_docs = set(row["doc_ids"])
     answerable = bool(row["answers"])
     doc_rank = next((i + 1 for i, h in enumerate(retrieval.hits) if h.chunk.doc_id in gold_docs), None)

@@ -125,3 +125,34 @@ def test_the_assistant_validates_before_answering(assistant, embedder):
     with pytest.raises(QuestionError):
         assistant.ask(" \x00 ")
     assert embedder.embedded_queries == []
+
+
+def test_a_follow_up_is_retrieved_with_its_context_and_answered_by_itself(assistant, monkeypatch):
+    import rag.assistant
+
+    queries = []
+    real_retrieve = rag.assistant.retrieve
+
+    def spy(index, embedder, question, *args):
+        queries.append(question)
+        return real_retrieve(index, embedder, question, *args)
+
+    monkeypatch.setattr(rag.assistant, "retrieve", spy)
+    first = "论坛集中展示了多少项重大科技成果?"
+    answer = assistant.ask("其中浙江有多少项?", history=[first])
+    assert queries[0] == f"{first} 其中浙江有多少项?"
+    assert not answer.abstained
+    assert "浙江165项" in answer.answer
+    assert check_citations(answer) == []
+    assert answer.question == "其中浙江有多少项?"
+
+
+def test_a_question_that_is_not_a_follow_up_ignores_the_history(assistant, monkeypatch):
+    import rag.assistant
+
+    queries = []
+    real_retrieve = rag.assistant.retrieve
+    monkeypatch.setattr(rag.assistant, "retrieve", lambda i, e, q, *a: queries.append(q) or real_retrieve(i, e, q, *a))
+    answer = assistant.ask("What did the club observe through the new telescope?", history=["论坛展示了多少项成果?"])
+    assert queries == ["What did the club observe through the new telescope?"]
+    assert "quasar" in answer.answer
