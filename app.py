@@ -17,12 +17,15 @@ import time
 
 import gradio as gr
 
+from rag.answer import language_of
 from rag.assistant import Assistant, QuestionError
 from rag.chat import (
     document_choices,
     document_html,
     document_text,
+    draft_message,
     escape_markdown,
+    format_answer,
     index_html,
     quoted_spans,
     sources_html,
@@ -85,13 +88,23 @@ def build_app(assistant: Assistant) -> gr.Blocks:
             return
         chat = [*chat, {"role": "user", "content": escape_markdown(message)}, {"role": "assistant", "content": "…"}]
         yield "", chat, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        language = language_of(message)
+        answer, draft = None, ""
         try:
-            answer = assistant.ask(message, history=asked)
+            # With an LLM configured the reply streams as drafted, then is replaced by the verified
+            # answer (or the extractive fallback); without one there is only the final Answer.
+            for item in assistant.ask_stream(message, history=asked):
+                if isinstance(item, str):
+                    draft += item
+                    chat[-1] = {"role": "assistant", "content": draft_message(draft, language)}
+                    yield "", chat, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                else:
+                    answer = item
         except (QuestionError, IndexError_) as exc:
             chat[-1] = {"role": "assistant", "content": escape_markdown(str(exc))}
             yield "", chat, gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return
-        for partial in stream_answer(answer, STREAM_STEPS):
+        for partial in [format_answer(answer)] if draft else stream_answer(answer, STREAM_STEPS):
             chat[-1] = {"role": "assistant", "content": partial}
             yield "", chat, gr.skip(), gr.skip(), gr.skip(), gr.skip()
             time.sleep(STREAM_DELAY_S)

@@ -60,6 +60,8 @@ class Answer:
     language: str = "en"
     # Set when an LLM wrote (or tried to write) the answer: see rag.llm.verify_citations.
     verification: dict | None = None
+    # The retrieval query when it differs from `question`: a follow-up read with its context.
+    query: str = ""
 
     def to_json(self) -> dict:
         out = {
@@ -75,6 +77,8 @@ class Answer:
             out["nearest"] = [_citation_json(c) for c in self.nearest]
         if self.verification is not None:
             out["verification"] = self.verification
+        if self.query:
+            out["query"] = self.query
         return out
 
 

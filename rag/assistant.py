@@ -141,12 +141,14 @@ class Assistant:
         """
         s = self.settings
         answer = extractive_answer(index, retrieval, query, s.abstain_threshold, s.max_answer_sentences)
-        if query == question or answer.abstained:
+        if query == question:
             return answer
+        if answer.abstained:
+            return replace(answer, question=question, query=query)
         own = retrieve(index, self.embedder, question, 1, s.candidates, s.rrf_k)
         focused = replace(own, hits=retrieval.hits)
         chosen = extractive_answer(index, focused, question, float("-inf"), s.max_answer_sentences)
-        return replace(chosen, evidence=answer.evidence)
+        return replace(chosen, evidence=answer.evidence, query=query)
 
     def _generate(self, index: Index, retrieval: Retrieval, question: str, extractive: Answer):
         titles = {doc_id: meta.get("title", doc_id) for doc_id, meta in index.documents.items()}

@@ -60,6 +60,7 @@ LABELS = {
         "query": "Searched with the conversation's context:",
         "score": "score",
         "empty": "Ask a question: the passages its answer cites appear here, with the quoted sentences highlighted.",
+        "drafting": "Writing… the citations are checked when the answer is complete.",
     },
     "zh": {
         "sources": "来源",
@@ -69,6 +70,7 @@ LABELS = {
         "query": "结合对话上下文检索：",
         "score": "得分",
         "empty": "提问后，答案引用的段落会显示在这里，引用的句子会高亮。",
+        "drafting": "正在生成……回答完成后会核对引用。",
     },
 }
 
@@ -110,6 +112,11 @@ def format_answer(answer: Answer, text: str | None = None, final: bool = True) -
         )
         message += f'\n\n<span class="cite-list">{escape_html(labels["sources"])}:<br>{sources}</span>'
     return message
+
+
+def draft_message(text: str, language: str) -> str:
+    """An LLM's reply while it streams: escaped, and plainly not yet verified."""
+    return f"{escape_markdown(text)}\n\n<em>{escape_html(LABELS[language]['drafting'])}</em>"
 
 
 # Markers stay whole; Chinese is cut every few characters, other text at word boundaries.
@@ -173,15 +180,17 @@ def _source_card(c: Citation) -> str:
 
 def sources_html(answer: Answer | None, asked: str | None = None) -> str:
     """The sources panel: each cited passage (or, on abstention, each nearest one) with its
-    title, document id, score and the quoted sentences highlighted. When the question searched
-    (`answer.question`) differs from the one the user `asked`, the panel says what was searched."""
+    title, document id, score and the quoted sentences highlighted. When the query searched
+    (`answer.query`, or else `answer.question`) differs from what the user `asked`, the panel
+    says what was searched."""
     if answer is None:
         empty = "<br>".join(escape_html(LABELS[lang]["empty"]) for lang in ("en", "zh"))
         return f'<div class="sources"><p class="src-empty">{empty}</p></div>'
     labels = LABELS[answer.language]
     parts = ['<div class="sources">']
-    if asked is not None and asked.strip() != answer.question.strip():
-        parts.append(f'<p class="src-query">{escape_html(labels["query"])} <q>{escape_html(answer.question)}</q></p>')
+    searched = answer.query or answer.question
+    if asked is not None and asked.strip() != searched.strip():
+        parts.append(f'<p class="src-query">{escape_html(labels["query"])} <q>{escape_html(searched)}</q></p>')
     if answer.abstained:
         parts.append(f'<p class="src-abstain">{escape_html(labels["nearest"])}</p>')
         parts.extend(_source_card(c) for c in answer.nearest)

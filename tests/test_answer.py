@@ -145,6 +145,7 @@ def test_a_follow_up_is_retrieved_with_its_context_and_answered_by_itself(assist
     assert "浙江165项" in answer.answer
     assert check_citations(answer) == []
     assert answer.question == "其中浙江有多少项?"
+    assert roundtrip(answer)["query"] == f"{first} 其中浙江有多少项?"
 
 
 def test_a_question_that_is_not_a_follow_up_ignores_the_history(assistant, monkeypatch):

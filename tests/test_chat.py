@@ -16,6 +16,7 @@ from rag.chat import (
     contextualize,
     document_html,
     document_text,
+    draft_message,
     escape_markdown,
     format_answer,
     highlight,
@@ -150,6 +151,11 @@ def test_sources_panel_says_what_was_searched_for_a_follow_up():
     a = answer("x [1]", [citation(1)], question="Who chairs Huali? Which alliance is he in?")
     assert "Searched with the conversation" in sources_html(a, asked="Which alliance is he in?")
     assert "Searched" not in sources_html(a, asked=a.question)
+    # The assistant keeps the follow-up as the question and records the query it searched.
+    b = answer("x [1]", [citation(1)], question="Which alliance is he in?")
+    b.query = "Who chairs Huali? Which alliance is he in?"
+    panel = sources_html(b, asked="Which alliance is he in?")
+    assert "Searched with the conversation" in panel and "Who chairs Huali?" in panel
 
 
 def test_sources_panel_lists_nearest_passages_when_abstaining():
@@ -290,3 +296,10 @@ def test_build_app_makes_a_blocks_app_without_touching_the_index():
     app = runpy.run_path(str(ROOT / "app.py"), run_name="app")
     stub = SimpleNamespace(settings=SimpleNamespace(corpus_dir=ROOT / "corpus"))  # no index, no model
     assert isinstance(app["build_app"](stub), gr.Blocks)
+
+
+def test_a_streaming_draft_is_escaped_and_marked_unverified():
+    message = draft_message('<img src=x onerror="alert(1)"> 585 [1]', "en")
+    assert "<img" not in message
+    assert "checked when the answer is complete" in message
+    assert "回答完成后会核对引用" in draft_message("585", "zh")
