@@ -58,9 +58,10 @@ class Settings:
     top_k: int = 5
     candidates: int = 40
     rrf_k: int = 60
-    # Minimum evidence score (the best sentence's score in rag.answer.score_sentences) below which
-    # the assistant abstains; calibrated on the non-heldout eval questions (`rag eval --calibrate`).
-    abstain_threshold: float = 0.834
+    # Minimum evidence score (rag.answer.evidence_score: the best sentence's score less the share of
+    # the question's words the documents never mention) below which the assistant abstains;
+    # calibrated on the non-heldout eval questions (`rag eval --calibrate`).
+    abstain_threshold: float = 0.501
     max_answer_sentences: int = 2
     # An OpenAI-compatible chat server (see rag.llm); with no model set, answers are extractive.
     llm_base_url: str | None = None

@@ -16,6 +16,7 @@ import gzip
 import json
 import re
 from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -217,8 +218,13 @@ def translations(query: str, known: Collection[str] | None = None, dictionary: d
 
 def query_expansion(query: str, known: Collection[str] | None = None, dictionary: dict | None = None) -> dict:
     """All other-language terms for `query` with their weights (see `translations`)."""
+    return flatten_translations(translations(query, known, dictionary))
+
+
+def flatten_translations(groups: dict[str, dict[str, float]]) -> dict[str, float]:
+    """{translation: best weight} from `translations`' {source word: {translation: weight}}."""
     out: dict[str, float] = {}
-    for group in translations(query, known, dictionary).values():
+    for group in groups.values():
         for term, weight in group.items():
             out[term] = max(out.get(term, 0.0), weight)
     return out
@@ -236,3 +242,149 @@ def own_coverage(bm25: BM25, terms: Sequence[str]) -> float:
         covered[bm25.rows_with(term)] += weight
     total = sum(idf.values())
     return float(covered.max()) / total if total and bm25.n_docs else 0.0
+
+
+# --------------------------------------------------------------------------- query words
+
+# Words that frame a question rather than say what it is about (beyond rag.lexical.STOPWORDS).
+QUESTION_WORDS = frozenset(
+    """roughly approximately about exactly kind type sort name named called date year day total please tell
+    both either neither according other another such same say said says just only more most some any each
+    every all used
+    一共 总共 分别 各 什么 怎么 怎么样 怎样 如何 多少 几 是否 为什么 请问 哪里 哪儿 到底 大约 大概 左右""".split()
+)
+_NOT_CONTENT = STOPWORDS | QUESTION_WORDS
+_QUERY_TOKEN = re.compile(
+    r"[\u3400-\u9fff\uf900-\ufaff]+|\d+(?:[.,:]\d+)*[A-Za-z]*|[A-Za-z]+\d+[A-Za-z\d]*|[A-Za-z]+(?:'[A-Za-z]+)?"
+)
+_ENGLISH_SUFFIX = re.compile(r"(?:ations?|ings?|ers?|ments?|ions?|ed|es|ly|s)$")
+
+
+def _lemmas(word: str) -> list[str]:
+    """Dictionary forms an English word may come from: "described" -> "describe", "describ"."""
+    out = []
+    for suffix, replacements in (
+        ("ies", ("y",)),
+        ("ing", ("", "e")),
+        ("ed", ("", "e")),
+        ("es", ("", "e")),
+        ("s", ("",)),
+    ):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            out += [word[: -len(suffix)] + r for r in replacements]
+    return out
+
+
+def stem(word: str) -> str:
+    """A crude English stem for matching word forms: "exhibited", "exhibits" -> "exhibi"."""
+    if word.endswith("ies") and len(word) > 4:
+        word = word[:-3] + "y"
+    elif len(word) > 5:
+        word = _ENGLISH_SUFFIX.sub("", word)
+    return word[:6]
+
+
+def content_words(query: str) -> list[str]:
+    """What a question is about: its words (jieba's plain cut for Chinese) without stop and question words."""
+    words = []
+    for match in _QUERY_TOKEN.finditer(query):
+        token = match.group()
+        if _CJK_RUN.fullmatch(token):
+            # Single characters and 哪个/哪座/哪一天... say little about what is asked.
+            words += [w for w in segment(token) if len(w) > 1 and w[0] != "哪" and w not in _NOT_CONTENT]
+        else:
+            word = re.sub(r"'s$", "", token.lower()).replace(",", "")
+            if word not in _NOT_CONTENT:
+                words.append(word)
+    return list(dict.fromkeys(words))
+
+
+@functools.lru_cache(maxsize=4)
+def _vocabulary_stems(bm25: BM25) -> frozenset[str]:
+    return frozenset(stem(t) for t in bm25.vocabulary if t.isascii() and t.isalpha())
+
+
+@dataclass(frozen=True)
+class QueryWords:
+    """A question's content words, each with the forms a text may use for it, in either language.
+
+    A word is found in a text when the text holds the word, its pinyin, one of its dictionary
+    translations, or (English) a word with its stem; for a passage or sentence, one of its parts
+    (jieba's search cut: 世界 of 世界杯) or their translations also count. Trade-off: word by
+    word, so a paraphrase ("won" for "winner") is a miss.
+    """
+
+    weights: dict[str, float]  # IDF of each word
+    forms: dict[str, frozenset[str]]  # the word itself, its pinyin and translations
+    parts: dict[str, frozenset[str]]  # its parts and their translations
+    # The forms that say the index knows the word: a Chinese word's translation counts only when
+    # every word of one of its senses is indexed ("world cup" for 世界杯, not "world" alone).
+    whole: dict[str, frozenset[str]] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls, query: str, bm25: BM25, groups: dict[str, dict[str, float]], dictionary: dict | None = None
+    ) -> QueryWords:
+        """`groups` are the query's translations by source word (see `translations`)."""
+        weights, forms, parts, whole = {}, {}, {}, {}
+        zh_en = None
+        for word in content_words(query):
+            found = {word} | set(groups.get(word, ()))
+            pieces: set[str] = set()
+            strict = set(found)
+            if _CJK_RUN.fullmatch(word):
+                found.add(pinyin(word))
+                zh_en = zh_en if zh_en is not None else (dictionary or load_dictionary())["zh_en"]
+                senses = [tokenize(sense) for sense in zh_en.get(word, [])[:MAX_SENSES]]
+                strict = {word, pinyin(word)} | (set(groups.get(word, ())) - {t for sense in senses for t in sense})
+                strict |= {t for sense in senses if sense and all(t in bm25.vocabulary for t in sense) for t in sense}
+                for piece in tokenize(word):
+                    if len(piece) > 1 and piece != word:
+                        pieces |= {piece, *groups.get(piece, ())}
+            elif word.isalpha() and not groups.get(word):
+                # "exhibited", "awards": the dictionary lists "exhibit", "award".
+                for group in english_to_chinese(" ".join(_lemmas(word)), bm25.vocabulary, dictionary).values():
+                    found |= set(group)
+                strict = found
+            forms[word] = frozenset(found)
+            parts[word] = frozenset(pieces)
+            whole[word] = frozenset(strict)
+            weights[word] = bm25.idf_of(word)
+        return cls(weights, forms, parts, whole)
+
+    def found(self, terms: Collection[str], stems: Collection[str], whole_words: bool = False) -> set[str]:
+        """The words that `terms` hold in some form (with `whole_words`, not by their parts alone)."""
+        out = set()
+        for word, forms in self.forms.items():
+            if any(f in terms for f in forms) or (word.isascii() and word.isalpha() and stem(word) in stems):
+                out.add(word)
+            elif not whole_words and any(p in terms for p in self.parts[word]):
+                out.add(word)
+        return out
+
+    def coverage(self, terms: Collection[str], stems: Collection[str] | None = None) -> float:
+        """The IDF-weighted share of the words that `terms` (a text's search terms) hold."""
+        total = sum(self.weights.values())
+        if not total:
+            return 1.0
+        if stems is None:
+            stems = {stem(t) for t in terms if t.isascii() and t.isalpha()}
+        return sum(self.weights[w] for w in self.found(terms, stems)) / total
+
+    def unknown_share(self, bm25: BM25) -> float:
+        """The IDF-weighted share of the words that no passage of the index holds in any form.
+
+        A question about something the documents never mention ("FIFA", "红烧肉") has a large
+        share; a question in the other language than its answer keeps a small one thanks to
+        the translations.
+        """
+        total = sum(self.weights.values())
+        if not total:
+            return 0.0
+        vocabulary, stems = bm25.vocabulary, _vocabulary_stems(bm25)
+        found = {
+            word
+            for word, forms in self.whole.items()
+            if any(f in vocabulary for f in forms) or (word.isascii() and word.isalpha() and stem(word) in stems)
+        }
+        return sum(w for word, w in self.weights.items() if word not in found) / total

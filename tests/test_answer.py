@@ -1,9 +1,11 @@
 import json
+from dataclasses import replace
 
 import pytest
 
 from rag.answer import Answer, Citation, check_citations, cited_numbers, language_of
 from rag.assistant import MAX_QUESTION_CHARS, Assistant, QuestionError, validate_question
+from rag.retrieval import score_sentences
 
 CITATION_KEYS = {"n", "doc_id", "title", "chunk_id", "text", "start", "end", "score"}
 
@@ -157,3 +159,21 @@ def test_a_question_that_is_not_a_follow_up_ignores_the_history(assistant, monke
     answer = assistant.ask("What did the club observe through the new telescope?", history=["论坛展示了多少项成果?"])
     assert queries == ["What did the club observe through the new telescope?"]
     assert "quasar" in answer.answer
+
+
+# --------------------------------------------------------------------------- evidence
+
+
+def test_words_the_documents_never_mention_pull_the_evidence_below_the_threshold(assistant, settings):
+    question = "Which airship carries FIFA football fans between the islands?"
+    answer, retrieval = assistant.ask_detailed(question)
+    best = score_sentences(assistant.index, replace(retrieval, hits=retrieval.hits[: settings.top_k]))[0].score
+    assert best >= settings.abstain_threshold  # the airship sentence alone would have answered
+    assert answer.abstained
+    assert answer.evidence < settings.abstain_threshold
+
+
+def test_the_answer_quotes_the_two_best_sentences(assistant):
+    answer = assistant.ask("论坛集中展示了多少项重大科技成果?")
+    assert sum(len(c.quoted) for c in answer.citations) == 2
+    assert "585" in answer.answer

@@ -1,13 +1,17 @@
 import pytest
 
 from rag.crosslingual import (
+    QueryWords,
     chinese_to_english,
+    content_words,
     document_terms,
     english_to_chinese,
     joined_names,
     own_coverage,
     pinyin,
     query_expansion,
+    stem,
+    translations,
 )
 from rag.lexical import BM25, tokenize
 
@@ -19,6 +23,7 @@ DICTIONARY = {
         "corridor": ["走廊", "廊"],
         "city": ["城市"],
         "yangtze river delta": ["长三角"],
+        "exhibit": ["展出"],
     },
 }
 
@@ -70,3 +75,77 @@ def test_own_coverage_is_high_when_a_passage_says_what_the_question_says():
     bm25 = BM25([["hefei", "symposium"], ["合肥", "座谈会", "hefei"]])
     assert own_coverage(bm25, ["hefei", "symposium"]) == pytest.approx(1.0)
     assert own_coverage(bm25, ["unknown"]) == 0.0
+
+
+# --------------------------------------------------------------------------- query words
+
+
+def test_content_words_drop_stop_and_question_words_and_keep_numbers():
+    assert content_words("Roughly how many videos were shown at the 2020 exhibition?") == [
+        "videos",
+        "shown",
+        "2020",
+        "exhibition",
+    ]
+    words = content_words("2024年长三角地区主要领导座谈会将在哪个省举办?")
+    assert {"2024", "长三角", "座谈会", "举办"} <= set(words)
+    assert not {"哪个", "省", "年"} & set(words)  # question words and single characters
+
+
+def test_english_word_forms_share_a_stem():
+    assert stem("exhibited") == stem("exhibits") == stem("exhibition")
+    assert stem("awards") == stem("award")
+    assert stem("cities") == stem("city")
+    assert stem("exhibited") != stem("excluded")
+
+
+@pytest.fixture
+def bilingual_bm25() -> BM25:
+    return BM25(
+        [
+            ["g60", "corridor", "links", "nine", "cities"],
+            ["长三角", "城市", "585", "展出", "成果", "chengshi"],
+            ["hefei", "symposium", "2023"],
+        ]
+    )
+
+
+def test_query_words_are_found_through_translations_pinyin_and_stems(bilingual_bm25):
+    query = "Which city exhibited 585 results?"
+    groups = translations(query, bilingual_bm25.vocabulary, DICTIONARY)
+    words = QueryWords.of(query, bilingual_bm25, groups, DICTIONARY)
+    assert set(words.forms) == {"city", "exhibited", "585", "results"}
+    chinese = {"长三角", "城市", "585", "展出", "成果"}
+    # city -> 城市 (dictionary), exhibited -> exhibit -> 展出 (lemma), 585 as is; "results" is missed.
+    assert words.found(chinese, set()) == {"city", "exhibited", "585"}
+    assert words.coverage({"corridor", "cities"}) == pytest.approx(words.weights["city"] / sum(words.weights.values()))
+    assert words.coverage(set()) == 0.0
+
+
+def test_unknown_share_counts_words_no_passage_holds_in_any_form(bilingual_bm25):
+    def unknown(query: str) -> float:
+        groups = translations(query, bilingual_bm25.vocabulary, DICTIONARY)
+        return QueryWords.of(query, bilingual_bm25, groups, DICTIONARY).unknown_share(bilingual_bm25)
+
+    assert unknown("Which city exhibited 585 results?") < 0.3
+    assert unknown("Who won the FIFA World Cup?") == pytest.approx(1.0)
+    assert unknown("2023年合肥") == 0.0  # 合肥 is found as its pinyin, hefei
+
+
+def test_a_word_is_not_known_to_the_index_through_one_of_its_parts():
+    bm25 = BM25([["世界", "城市"], ["长三角"]])
+    words = QueryWords.of("世界杯", bm25, {}, DICTIONARY)
+    assert words.found({"世界"}, set()) == {"世界杯"}  # a passage about 世界 is about 世界杯 in part
+    assert words.unknown_share(bm25) == 1.0  # but the index has never seen 世界杯
+
+
+def test_a_chinese_word_is_known_through_a_translation_only_when_a_whole_sense_is_indexed():
+    dictionary = {"zh_en": {"世界杯": ["World Cup"]}, "en_zh": {}}
+
+    def unknown(documents: list[list[str]]) -> float:
+        bm25 = BM25(documents)
+        groups = translations("世界杯", bm25.vocabulary, dictionary)
+        return QueryWords.of("世界杯", bm25, groups, dictionary).unknown_share(bm25)
+
+    assert unknown([["world", "economy"]]) == 1.0  # "world" alone is not the World Cup
+    assert unknown([["world", "cup", "final"]]) == 0.0

@@ -1,9 +1,19 @@
+from dataclasses import replace
+
 import pytest
 
 from rag.documents import normalize
 from rag.indexing import load_index, refresh_index
 from rag.lexical import BM25, tokenize
-from rag.retrieval import FusionWeights, reciprocal_rank_fusion, retrieve
+from rag.retrieval import (
+    FusionWeights,
+    asks_for_number,
+    gives_new_number,
+    reciprocal_rank_fusion,
+    rerank_by_sentences,
+    retrieve,
+    score_sentences,
+)
 
 
 def test_reciprocal_rank_fusion_sums_weighted_reciprocal_ranks():
@@ -85,8 +95,46 @@ def test_hybrid_retrieval_puts_the_document_with_the_keyword_first(index, embedd
     result = retrieve(index, embedder, question, top_k=3)
     assert result.hits[0].chunk.doc_id == doc_id
     assert embedder.embedded_queries == [normalize(question)]
-    assert [h.score for h in result.hits] == sorted((h.score for h in result.hits), reverse=True)
     assert len(result.hits) == 3
+    fused = retrieve(index, embedder, question, top_k=3, rerank_depth=0)
+    assert [h.score for h in fused.hits] == sorted((h.score for h in fused.hits), reverse=True)
+
+
+def test_reranking_orders_the_head_by_best_sentence_and_keeps_the_tail(index, embedder):
+    question = "How many major achievements did the forum show?"
+    fused = retrieve(index, embedder, question, top_k=8, rerank_depth=0)
+    reversed_head = replace(fused, hits=fused.hits[:4][::-1] + fused.hits[4:])
+    reranked = rerank_by_sentences(index, reversed_head, depth=4)
+    assert reranked.hits[4:] == fused.hits[4:]
+    assert {h.row for h in reranked.hits[:4]} == {h.row for h in fused.hits[:4]}
+    best = {}
+    for sentence in score_sentences(index, replace(reranked, hits=reranked.hits[:4])):
+        best.setdefault(sentence.hit_rank, sentence.score)
+    assert [best.get(rank, float("-inf")) for rank in range(4)] == sorted(best.values(), reverse=True)
+    # The passage with 585 (a number, asked for) comes first.
+    assert "585" in reranked.hits[0].chunk.text
+
+
+@pytest.mark.parametrize(
+    ("question", "asks"),
+    [
+        ("How many achievements were shown?", True),
+        ("What share of the projects won awards?", True),
+        ("论坛集中展示了多少项重大科技成果?", True),
+        ("浙江有几项成果?", True),
+        ("Who chairs the board?", False),
+        ("论坛在哪里举行?", False),
+    ],
+)
+def test_questions_asking_for_a_number(question, asks):
+    assert asks_for_number(question) is asks
+
+
+def test_a_number_counts_only_when_the_question_does_not_already_hold_it():
+    question = "How many achievements were shown in 2020?"
+    assert gives_new_number("585项重大科技成果", question)
+    assert not gives_new_number("The 2020 exhibition was online.", question)
+    assert not gives_new_number("No figures here.", question)
 
 
 def test_each_retriever_alone_finds_the_unique_keyword(index, embedder):
