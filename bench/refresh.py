@@ -23,7 +23,7 @@ from rag.chunking import split_sentences  # noqa: E402
 from rag.config import Settings  # noqa: E402
 from rag.documents import load_corpus, normalize  # noqa: E402
 from rag.embeddings import load_embedder  # noqa: E402
-from rag.indexing import load_index, refresh_index  # noqa: E402
+from rag.indexing import Index, load_index, refresh_index  # noqa: E402
 
 
 def make_corpus(folder: Path, n_docs: int, seed: int = 7) -> None:
@@ -54,10 +54,14 @@ def main() -> None:
 
         index = load_index(index_dir, embedder)
         chunk_texts = [c.search_text for c in index.chunks]
+        # Exactly what the build embeds: one vector per (document, sentence) key, so a sentence
+        # that several documents share is embedded once per document (rag.indexing.sentence_key).
         sentence_texts = list(
-            dict.fromkeys(
-                normalize(c.text[s.start - c.start : s.end - c.start]) for c in index.chunks for s in c.sentences
-            )
+            {
+                key: normalize(c.text[s.start - c.start : s.end - c.start])
+                for c in index.chunks
+                for key, s in zip(Index.sentence_keys(c), c.sentences)
+            }.values()
         )
         started = time.perf_counter()
         embedder.embed_passages(chunk_texts)

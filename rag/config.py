@@ -20,6 +20,7 @@ ENV_VARS = {
     "embed_model": "RAG_EMBED_MODEL",
     "cache_dir": "RAG_CACHE_DIR",
     "top_k": "RAG_TOP_K",
+    "index_type": "RAG_INDEX_TYPE",
     "abstain_threshold": "RAG_ABSTAIN_THRESHOLD",
     "llm_base_url": "RAG_LLM_BASE_URL",
     "llm_model": "RAG_LLM_MODEL",
@@ -58,6 +59,8 @@ class Settings:
     top_k: int = 5
     candidates: int = 40
     rrf_k: int = 60
+    # Vector index type: auto | flat | hnsw | ivfpq; auto is exact up to 200k vectors (rag.store).
+    index_type: str = "auto"
     # Minimum evidence score (rag.answer.evidence_score: the best sentence's score less the share of
     # the question's words the documents never mention) below which the assistant abstains;
     # calibrated on the non-heldout eval questions (`rag eval --calibrate`).

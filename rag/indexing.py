@@ -415,6 +415,7 @@ def _plan_and_write(
         "chunks",
         report,
         "embedded_chunks",
+        settings.index_type,
     )
     sentence_items: dict[int, str] = {}
     for chunk in chunks:
@@ -427,6 +428,7 @@ def _plan_and_write(
         "sentences",
         report,
         "embedded_sentences",
+        settings.index_type,
     )
 
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -451,9 +453,10 @@ def _carry_vectors(
     label: str,
     report: RefreshReport,
     counter: str,
+    index_type: str = "auto",
 ) -> VectorStore:
     """A store holding a vector per (id, text): old vectors reused by id, the rest embedded."""
-    store = VectorStore(embedder.dim)
+    store = VectorStore(embedder.dim, index_type)
     ids = np.array([i for i, _ in items], dtype=np.int64)
     if old_store is not None and len(old_store):
         reuse = np.isin(ids, old_store.ids())
