@@ -76,6 +76,11 @@ code.doc-id { font-size: .85em; }
 .index-info td.num { text-align: right; }
 """
 
+# No allowed_paths: the page serves no files of ours; documents reach it only as escaped text.
+# Gradio accepts uploads on /gradio_api/upload even without an upload component: the chat takes
+# no files, so any non-empty one is refused. The traffic summary (/monitoring/summary) is off.
+SECURE_LAUNCH = {"max_file_size": 0, "enable_monitoring": False}
+
 
 def build_app(assistant: Assistant) -> gr.Blocks:
     """The chat page for `assistant`; the caller sets the queue and launches it."""
@@ -227,12 +232,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"index refreshed: {report.summary()}", file=sys.stderr)
 
     demo = build_app(assistant)
-    # Answering is CPU-bound (embedding the question) on a 2-core machine: two questions at a
-    # time use both cores, and more would only slow each other down. The queue is bounded so
-    # that under overload a new question is refused at once instead of timing out in a line.
-    demo.queue(default_concurrency_limit=2, max_size=16)
-    # No allowed_paths: the page serves no files; documents reach it only as escaped text.
-    demo.launch(server_name=args.host, server_port=args.port, theme=THEME, css=CSS, footer_links=[])
+    # Chosen from bench/load.py (20 simulated users, 2 cores; bench/RESULTS.md "Load"): with 2
+    # answers at a time one core idled, since each answer holds its slot ~0.5 s while it streams;
+    # 4 raised throughput from 3.1 to 5.4 answers/s. A queue of 16 refused a third of the requests
+    # of 20 users (and the Refresh button, which shares it); 64 refused none and still bounds the
+    # wait (~13 s when full) so overload gets a clear "queue is full" rather than a hung chat.
+    demo.queue(default_concurrency_limit=4, max_size=64)
+    demo.launch(server_name=args.host, server_port=args.port, theme=THEME, css=CSS, footer_links=[], **SECURE_LAUNCH)
     return 0
 
 

@@ -74,7 +74,16 @@ def _assistant(settings: Settings, refresh: bool = True):
 
     assistant = Assistant(settings)
     if refresh:
-        report = assistant.ensure_index()
+        try:
+            report = assistant.ensure_index()
+        except FileNotFoundError as exc:
+            from rag.indexing import read_manifest
+
+            if read_manifest(settings.index_dir) is None:
+                raise
+            # The corpus folder is gone (an unmounted drive?): the index still answers, and is kept.
+            print(f"warning: {exc}; answering from the existing index", file=sys.stderr)
+            report = None
         if report is not None and report.changed:
             print(f"index refreshed: {report.summary()}", file=sys.stderr)
         elif report is not None and report.skipped:

@@ -2,7 +2,8 @@
 
 Text is kept as found (only line endings unified) so that chunk offsets index the text a user
 sees; search-side normalisation (NFKC, whitespace) happens per chunk in `normalize`. A file
-that cannot be read or decoded is reported by name and skipped; it never stops the rest.
+that cannot be read or decoded is reported by name and skipped; it never stops the rest (nor
+does a named pipe with a document's name: only regular files are read).
 Trade-off: encodings are detected from BOMs and strict trial decodes (UTF-8, then GB18030),
 not statistically, so a legacy single-byte file may be refused rather than mis-decoded.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ class Document:
     title: str
     text: str  # the text shown to users; chunk offsets index into it
     content_hash: str  # sha256 of the raw bytes: what incremental refresh compares
+    stamp: tuple[int, int] | None = None  # (size, mtime_ns) of the file as read: what staleness checks compare
 
 
 @dataclass(frozen=True)
@@ -66,17 +69,40 @@ def decode_bytes(raw: bytes) -> str:
         raise DocumentError("looks binary (NUL bytes) and has no UTF-16 byte-order mark")
     try:
         return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
+    except UnicodeDecodeError as exc:
+        first_bad = exc.start
+    if _mostly_utf8(raw):
+        # GB18030 would decode most of these bytes too, as mojibake: refuse instead of guessing.
+        raise DocumentError(
+            f"invalid UTF-8 at byte {first_bad} (the rest is UTF-8): the file is damaged; re-save it as UTF-8"
+        )
     try:
         text = raw.decode("gb18030")
     except UnicodeDecodeError as exc:
         raise DocumentError("not valid UTF-8, UTF-16 or GB18030 text") from exc
-    # GB18030 decodes almost any byte string; accept it only if the result reads as text.
+    # GB18030 decodes almost any byte string; accept it only if the result reads as text:
+    # Chinese, or (an English file saved on a Chinese system) punctuation and symbols only.
     readable = sum(1 for ch in text if ch.isprintable() or ch in "\n\r\t")
-    if not _CJK.search(text) or readable < 0.98 * len(text):
+    plausible = _CJK.search(text) or all(_GB_SYMBOLS.match(ch) for ch in text if ord(ch) > 127)
+    if not plausible or readable < 0.98 * len(text):
         raise DocumentError("not valid UTF-8, and does not read as GB18030 Chinese text")
     return text
+
+
+_GB_SYMBOLS = re.compile(r"[\u00a0-\u00ff\u2000-\u25ff\u3000-\u303f\uff00-\uffef]")
+
+
+def _mostly_utf8(raw: bytes) -> bool:
+    """True when the non-ASCII bytes are mostly well-formed UTF-8 (a file with a few damaged bytes).
+
+    GB18030 text decoded as UTF-8 yields about one valid character per three invalid ones (0.29
+    on the bundled Chinese documents): its two-byte characters rarely line up with UTF-8's lead
+    and continuation bytes. A damaged UTF-8 file has many valid characters per invalid one.
+    """
+    text = raw.decode("utf-8", errors="replace")
+    bad = text.count("\ufffd") - raw.count("\ufffd".encode())
+    good = sum(1 for ch in text if ord(ch) > 127 and ch != "\ufffd")
+    return good >= 2 * max(bad, 1)
 
 
 class _TextExtractor(HTMLParser):
@@ -158,10 +184,17 @@ def title_of(text: str) -> str:
 
 
 def load_document(path: Path, doc_id: str) -> Document:
-    size = path.stat().st_size
-    if size > MAX_DOCUMENT_BYTES:
-        raise DocumentError(f"larger than {MAX_DOCUMENT_BYTES // 2**20} MB")
-    raw = path.read_bytes()
+    # O_NONBLOCK: a named pipe with a document's name must not block the whole index.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)  # of the file actually read, even if the path is replaced meanwhile
+        if not stat.S_ISREG(st.st_mode):
+            raise DocumentError("not a regular file (a pipe, socket or device)")
+        if st.st_size > MAX_DOCUMENT_BYTES:
+            raise DocumentError(
+                f"{st.st_size / 2**20:.0f} MB, larger than the {MAX_DOCUMENT_BYTES // 2**20} MB limit: split it"
+            )
+        raw = fh.read(MAX_DOCUMENT_BYTES + 1)
     text = decode_bytes(raw).replace("\r\n", "\n").replace("\r", "\n")
     if path.suffix.lower() in (".html", ".htm"):
         text = html_to_text(text)
@@ -172,6 +205,7 @@ def load_document(path: Path, doc_id: str) -> Document:
         title=title_of(text),
         text=text,
         content_hash=hashlib.sha256(raw).hexdigest(),
+        stamp=(st.st_size, st.st_mtime_ns),
     )
 
 

@@ -3,9 +3,11 @@
 Layout: `index_dir/CURRENT` names the live generation, `index_dir/gen-NNNNNN/` holds its files
 (`manifest.json`, `chunks.jsonl`, `chunks.faiss`, `sentences.faiss`). A refresh writes a new
 generation beside the old one, fsyncs it, then atomically replaces CURRENT, so a crash leaves
-either the old or the new index, never a mix. Refresh is incremental by content hash: a
-document whose bytes are unchanged is not re-chunked, and a chunk or sentence whose text is
-unchanged keeps its vector. Trade-off: each refresh rewrites the (small) metadata files whole.
+either the old or the new index, never a mix. CURRENT also holds the sha256 of the generation's
+manifest, and the manifest that of every other file, all verified on load; loading reads JSON and
+FAISS files only, never pickle. Refresh is incremental by content hash: a document whose bytes
+are unchanged is not re-chunked, and a chunk or sentence whose text is unchanged keeps its vector.
+Trade-off: each refresh rewrites the (small) metadata files whole.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -124,12 +127,27 @@ class RefreshReport:
 # --------------------------------------------------------------------------- reading
 
 
-def current_generation(index_dir: Path) -> Path | None:
+def _read_pointer(index_dir: Path) -> tuple[Path, str | None] | None:
+    """(live generation, sha256 of its manifest) from CURRENT; None when there is no index."""
     try:
-        name = (index_dir / "CURRENT").read_text(encoding="utf-8").strip()
+        fields = (index_dir / "CURRENT").read_text(encoding="utf-8").split()
     except FileNotFoundError:
         return None
-    return index_dir / name
+    except (OSError, UnicodeDecodeError):
+        fields = []
+    well_formed = (
+        len(fields) in (1, 2)
+        and re.fullmatch(r"gen-\d{6}", fields[0])
+        and (len(fields) == 1 or re.fullmatch(r"[0-9a-f]{64}", fields[1]))
+    )
+    if not well_formed:
+        return index_dir / "CURRENT", "unreadable"  # reported by load_index as a damaged CURRENT
+    return index_dir / fields[0], fields[1] if len(fields) == 2 else None
+
+
+def current_generation(index_dir: Path) -> Path | None:
+    pointer = _read_pointer(index_dir)
+    return pointer[0] if pointer else None
 
 
 def read_manifest(index_dir: Path) -> dict | None:
@@ -162,27 +180,95 @@ def check_compatible(manifest: dict, model_name: str, dim: int) -> None:
 
 
 def load_index(index_dir: Path, embedder: Embedder | None = None) -> Index:
-    """Load the live generation, verifying file checksums and (given an embedder) the model."""
-    gen = current_generation(index_dir)
-    if gen is None:
-        raise IndexMissingError(f"no index in {index_dir}: run `rag index` to build one")
+    """Load the live generation, verifying file checksums and (given an embedder) the model.
+
+    Only JSON and FAISS's own format are read: nothing in the index directory is unpickled or run.
+    """
+    for _attempt in range(3):
+        pointer = _read_pointer(index_dir)
+        try:
+            return _load_generation(index_dir, pointer, embedder)
+        except IndexMismatchError:
+            raise
+        except IndexError_:
+            # A concurrent `rag index` may have made a new generation current and deleted this
+            # one while it was being read: then read the new one; otherwise the damage is real.
+            if _read_pointer(index_dir) == pointer:
+                raise
+    return _load_generation(index_dir, _read_pointer(index_dir), embedder)
+
+
+def _load_generation(index_dir: Path, pointer: tuple[Path, str | None] | None, embedder: Embedder | None) -> Index:
     fix = "Run `rag index --rebuild` to rebuild it."
+    current = index_dir / "CURRENT"
+    if pointer is None:
+        orphans = sorted(p.name for p in index_dir.glob("gen-*"))
+        if orphans:  # a first build that stopped before it was complete, or a deleted CURRENT
+            raise IndexMissingError(f"index file {current} is missing (found {', '.join(orphans)}). {fix}")
+        raise IndexMissingError(f"no index in {index_dir}: run `rag index` to build one")
+    gen, manifest_sha = pointer
+    if manifest_sha == "unreadable":
+        raise IndexError_(f"index file {current} is damaged (it should name a generation and its checksum). {fix}")
+    if not gen.is_dir():
+        raise IndexError_(f"index generation {gen} named in {current} is missing. {fix}")
+    manifest_path = gen / "manifest.json"
     try:
-        manifest = json.loads((gen / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise IndexError_(f"cannot read {gen / 'manifest.json'}: {exc}. {fix}") from exc
-    if manifest.get("format") != FORMAT_VERSION:
-        raise IndexMismatchError(f"index format {manifest.get('format')} is not {FORMAT_VERSION}. {fix}")
-    for name, expected in manifest.get("checksums", {}).items():
+        raw_manifest = manifest_path.read_bytes()
+    except FileNotFoundError as exc:
+        raise IndexError_(f"index file {manifest_path} is missing. {fix}") from exc
+    except OSError as exc:
+        raise IndexError_(f"cannot read {manifest_path}: {exc}. {fix}") from exc
+    if manifest_sha is not None and hashlib.sha256(raw_manifest).hexdigest() != manifest_sha:
+        raise IndexError_(
+            f"index file {manifest_path} does not match the checksum in {current}: one of them is damaged. {fix}"
+        )
+    try:
+        manifest = json.loads(raw_manifest.decode("utf-8"))
+    except ValueError as exc:
+        raise IndexError_(f"index file {manifest_path} is damaged ({exc}). {fix}") from exc
+    version = manifest.get("format") if isinstance(manifest, dict) else None
+    if version != FORMAT_VERSION:
+        raise IndexMismatchError(f"index format {version} is not {FORMAT_VERSION}. {fix}")
+    checksums = manifest.get("checksums") or {}
+    for name in _FILES[1:]:  # every data file must have a checksum, not only the ones listed
         path = gen / name
-        if not path.exists():
-            raise IndexError_(f"index file {path} is missing. {fix}")
-        if _checksum(path) != expected:
+        if name not in checksums:
+            raise IndexError_(f"index file {manifest_path} is damaged (no checksum for {name}). {fix}")
+        try:
+            actual = _checksum(path)
+        except FileNotFoundError:
+            raise IndexError_(f"index file {path} is missing. {fix}") from None
+        except OSError as exc:
+            raise IndexError_(f"cannot read {path}: {exc}. {fix}") from exc
+        if actual != checksums[name]:
             raise IndexError_(f"index file {path} is damaged (checksum mismatch). {fix}")
     if embedder is not None:
         check_compatible(manifest, embedder.name, embedder.dim)
+    try:
+        chunks, terms = _read_chunks(gen / "chunks.jsonl")
+        chunk_vectors = VectorStore.load(gen / "chunks.faiss")
+        sentence_vectors = VectorStore.load(gen / "sentences.faiss")
+    except (OSError, RuntimeError, ValueError, KeyError) as exc:
+        # Verified a moment ago: deleted by a concurrent writer since (load_index retries), or a disk fault.
+        raise IndexError_(f"cannot read index generation {gen}: {exc}. {fix}") from exc
+    return Index(
+        manifest=manifest,
+        chunks=chunks,
+        terms=terms,
+        chunk_vectors=chunk_vectors,
+        sentence_vectors=sentence_vectors,
+        path=gen,
+    )
+
+
+def _interned(terms: list[str]) -> list[str]:
+    """One string object per distinct term: a large corpus repeats its vocabulary millions of times."""
+    return [sys.intern(t) for t in terms]
+
+
+def _read_chunks(path: Path) -> tuple[list[Chunk], list[list[str]]]:
     chunks, terms = [], []
-    with (gen / "chunks.jsonl").open(encoding="utf-8") as fh:
+    with path.open(encoding="utf-8") as fh:
         for line in fh:
             row = json.loads(line)
             chunks.append(
@@ -195,15 +281,8 @@ def load_index(index_dir: Path, embedder: Embedder | None = None) -> Index:
                     sentences=tuple(Sentence(s, e) for s, e in row["sentences"]),
                 )
             )
-            terms.append(row["terms"])
-    return Index(
-        manifest=manifest,
-        chunks=chunks,
-        terms=terms,
-        chunk_vectors=VectorStore.load(gen / "chunks.faiss"),
-        sentence_vectors=VectorStore.load(gen / "sentences.faiss"),
-        path=gen,
-    )
+            terms.append(_interned(row["terms"]))
+    return chunks, terms
 
 
 # --------------------------------------------------------------------------- writing
@@ -243,9 +322,10 @@ def _write_generation(
     chunk_store: VectorStore,
     sentence_store: VectorStore,
 ) -> Path:
-    previous = current_generation(index_dir)
-    number = int(previous.name.split("-")[1]) + 1 if previous else 1
-    name = f"gen-{number:06d}"
+    # Past every generation on disk, not only the current one: a crash after the rename below
+    # but before CURRENT moved leaves a newer, never-current generation that must not be reused.
+    numbers = [int(p.name[4:]) for p in index_dir.glob("gen-*") if p.name[4:].isdigit()]
+    name = f"gen-{max(numbers, default=0) + 1:06d}"
     staging = index_dir / f".{name}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -264,7 +344,8 @@ def _write_generation(
     chunk_store.save(staging / "chunks.faiss")
     sentence_store.save(staging / "sentences.faiss")
     manifest["checksums"] = {n: _checksum(staging / n) for n in _FILES if n != "manifest.json"}
-    (staging / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False), "utf-8")
+    manifest_bytes = json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8")
+    (staging / "manifest.json").write_bytes(manifest_bytes)
     for n in _FILES:
         with (staging / n).open("rb") as fh:
             os.fsync(fh.fileno())
@@ -273,18 +354,27 @@ def _write_generation(
     os.rename(staging, final)
     pointer = index_dir / ".CURRENT.tmp"
     with pointer.open("w", encoding="utf-8") as fh:
-        fh.write(name)
+        fh.write(f"{name} {hashlib.sha256(manifest_bytes).hexdigest()}\n")
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(pointer, index_dir / "CURRENT")
     _fsync_dir(index_dir)
-    # Older generations are no longer reachable; readers that opened them keep their open files.
+    _remove_stale(index_dir)
+    return final
+
+
+def _remove_stale(index_dir: Path) -> None:
+    """Delete generations CURRENT does not name, and staging folders a killed run left behind.
+
+    Called with the lock held. A reader still verifying an older generation sees CURRENT move
+    and re-reads (see load_index); a loaded index holds its data in memory.
+    """
+    live = current_generation(index_dir)
     for old in index_dir.glob("gen-*"):
-        if old.name != name:
+        if live is not None and old != live:
             shutil.rmtree(old, ignore_errors=True)
     for stale in index_dir.glob(".gen-*.tmp"):
         shutil.rmtree(stale, ignore_errors=True)
-    return final
 
 
 def _versions() -> dict[str, str]:
@@ -298,9 +388,23 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _file_stamp(corpus_dir: Path, doc_id: str) -> list[int]:
-    st = (corpus_dir / doc_id).stat()
+def _file_stamp(corpus_dir: Path, doc: Document) -> list[int]:
+    if doc.stamp is not None:
+        return list(doc.stamp)
+    try:
+        st = (corpus_dir / doc.doc_id).stat()
+    except OSError:  # deleted since it was read: a stamp no file has, so the next check refreshes
+        return [-1, -1]
     return [st.st_size, st.st_mtime_ns]
+
+
+def _progress(total: int, label: str, unit: str, at_least: int):
+    """A progress bar on stderr, shown only for work large enough to need one."""
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, desc=label, unit=unit, unit_scale=True, file=sys.stderr, disable=total < at_least, leave=False
+    )
 
 
 def _embed_in_batches(
@@ -355,6 +459,7 @@ def refresh_index(settings: Settings, embedder: Embedder, rebuild: bool = False)
             except IndexError_ as exc:
                 report.rebuilt_because = f"the previous index could not be read ({exc})"
         _plan_and_write(settings, embedder, documents, old, report)
+        _remove_stale(settings.index_dir)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -380,6 +485,8 @@ def _plan_and_write(
     chunks: list[Chunk] = []
     terms: list[list[str]] = []
     doc_entries: dict[str, dict] = {}
+    todo = sum(len(d.text) for d in documents if old_docs.get(d.doc_id, {}).get("sha256") != d.content_hash)
+    progress = _progress(todo, "chunking", "char", 2_000_000)  # a large file takes a minute before embedding
     for doc in documents:
         previous = old_docs.get(doc.doc_id)
         if previous and previous["sha256"] == doc.content_hash and old is not None:
@@ -390,14 +497,19 @@ def _plan_and_write(
         else:
             new_chunks = chunk_document(doc, embedder.count_tokens, settings.chunk_tokens, settings.chunk_overlap)
             chunks.extend(new_chunks)
-            terms.extend(document_terms(c.search_text) for c in new_chunks)
+            done = 0
+            for chunk in new_chunks:
+                terms.append(_interned(document_terms(chunk.search_text)))
+                progress.update(max(0, chunk.end - done))
+                done = max(done, chunk.end)
             (report.updated if previous else report.added).append(doc.doc_id)
         doc_entries[doc.doc_id] = {
             "title": doc.title,
             "sha256": doc.content_hash,
-            "stamp": _file_stamp(settings.corpus_dir, doc.doc_id),
+            "stamp": _file_stamp(settings.corpus_dir, doc),
             "chars": len(doc.text),
         }
+    progress.close()
     for doc_id in sorted(unreadable_but_indexed - present):
         rows = old_chunks_by_doc.get(doc_id, [])
         chunks.extend(old.chunks[r] for r in rows)
