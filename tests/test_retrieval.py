@@ -1,5 +1,6 @@
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from rag.documents import normalize
@@ -50,6 +51,19 @@ def test_bm25_ranks_the_document_with_the_rare_term_first():
     assert rows.tolist() == [1, 0]  # doc 2 shares no query term and is left out
     assert scores[0] > scores[1] > 0
     assert bm25.idf_of("zeppelin") > bm25.idf_of("river") > bm25.idf_of("delta")
+
+
+def test_bm25_top_k_is_the_best_k_of_the_full_ranking_in_order():
+    rng = np.random.default_rng(3)
+    vocabulary = [f"w{i}" for i in range(50)]
+    docs = [list(rng.choice(vocabulary, size=int(rng.integers(3, 30)))) for _ in range(500)]
+    bm25 = BM25(docs)
+    query = ["w1", "w7", "w19", "w33"]
+    full = bm25.scores(query)
+    rows, scores = bm25.top(query, k=10)
+    assert len(rows) == 10
+    assert scores.tolist() == sorted(full[full > 0], reverse=True)[:10]
+    assert np.allclose(full[rows], scores)
 
 
 def test_bm25_returns_nothing_for_unknown_terms():
