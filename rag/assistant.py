@@ -45,18 +45,19 @@ class Assistant:
         manifest = read_manifest(self.settings.index_dir)
         if manifest is None or manifest.get("model", {}).get("name") != self.embedder.name:
             return True
-        indexed = manifest.get("documents", {})
-        corpus = self.settings.corpus_dir
+        # Files skipped as unreadable count as known until they change, or every question would
+        # re-read the corpus while one bad file sits in it.
+        known = {**manifest.get("skipped", {}), **manifest.get("documents", {})}
         current = {}
-        for doc_id, path in iter_document_paths(corpus):
+        for doc_id, path in iter_document_paths(self.settings.corpus_dir):
             try:
                 st = path.stat()
             except OSError:
-                continue
-            current[doc_id] = [st.st_size, st.st_mtime_ns]
-        if set(current) != set(indexed):
+                st = None
+            current[doc_id] = [st.st_size, st.st_mtime_ns] if st else [-1, -1]
+        if set(current) != set(known):
             return True
-        return any(indexed[d].get("stamp") != stamp for d, stamp in current.items())
+        return any(known[d].get("stamp") != stamp for d, stamp in current.items())
 
     def refresh(self, rebuild: bool = False) -> RefreshReport:
         """Refresh the index on disk, then swap it in; questions meanwhile use the old one."""

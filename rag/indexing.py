@@ -391,9 +391,13 @@ def _versions() -> dict[str, str]:
 def _file_stamp(corpus_dir: Path, doc: Document) -> list[int]:
     if doc.stamp is not None:
         return list(doc.stamp)
+    return _path_stamp(corpus_dir / doc.doc_id)
+
+
+def _path_stamp(path: Path) -> list[int]:
     try:
-        st = (corpus_dir / doc.doc_id).stat()
-    except OSError:  # deleted since it was read: a stamp no file has, so the next check refreshes
+        st = path.stat()
+    except OSError:  # gone (or a dangling link): a stamp no file has, so the next check refreshes
         return [-1, -1]
     return [st.st_size, st.st_mtime_ns]
 
@@ -517,7 +521,14 @@ def _plan_and_write(
         doc_entries[doc_id] = old_docs[doc_id]
     report.removed = sorted(set(old_docs) - present - unreadable_but_indexed)
 
-    if old is not None and not report.changed:
+    # Files that could not be read are recorded with their stamps, so that a staleness check does
+    # not take them for a change on every question (see Assistant.is_stale).
+    skipped = {
+        e.doc_id: {"reason": e.reason, "stamp": _path_stamp(settings.corpus_dir / e.doc_id)}
+        for e in report.skipped
+        if e.doc_id not in doc_entries
+    }
+    if old is not None and not report.changed and skipped == old.manifest.get("skipped", {}):
         return  # nothing to write: the live generation is already current
 
     chunk_store = _carry_vectors(
@@ -554,6 +565,7 @@ def _plan_and_write(
         "corpus_dir": str(settings.corpus_dir),
         "counts": {"documents": len(doc_entries), "chunks": len(chunks), "sentences": len(sentence_items)},
         "documents": doc_entries,
+        "skipped": skipped,
     }
     _write_generation(settings.index_dir, manifest, chunks, terms, chunk_store, sentence_store)
 

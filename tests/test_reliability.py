@@ -632,3 +632,31 @@ def test_a_reader_racing_a_writer_loads_the_new_generation(settings, embedder, m
     monkeypatch.setattr(rag.indexing, "_checksum", checksum_after_a_refresh)
     index = load_index(settings.index_dir, embedder)
     assert raced and "new.txt" in index.documents
+
+
+def test_a_skipped_file_does_not_make_the_index_stale_until_it_changes(settings, embedder):
+    bad = settings.corpus_dir / "binary.txt"
+    bad.write_bytes(b"\x00\x01\x02 not text \x00" * 10)
+    assistant = Assistant(settings, embedder)
+    report = assistant.refresh()
+    assert [e.doc_id for e in report.skipped] == ["binary.txt"]
+    assert "binary.txt" in assistant.index.manifest["skipped"]
+    assert not assistant.is_stale()  # else every question re-reads the corpus
+
+    bad.write_text("Now it is text about the lighthouse keeper.\n", encoding="utf-8")
+    assert assistant.is_stale()
+    fixed = assistant.refresh()
+    assert fixed.added == ["binary.txt"] and not fixed.skipped
+    assert "binary.txt" not in assistant.index.manifest["skipped"]
+    assert not assistant.is_stale()
+
+
+def test_a_file_that_becomes_unreadable_records_it_without_re_embedding(settings, embedder):
+    assistant = Assistant(settings, embedder)
+    assistant.refresh()
+    (settings.corpus_dir / "binary.txt").write_bytes(b"\x00\x00\x00")
+    assert assistant.is_stale()
+    report = assistant.refresh()
+    assert not report.changed and [e.doc_id for e in report.skipped] == ["binary.txt"]
+    assert report.embedded_chunks == 0
+    assert not assistant.is_stale()
