@@ -1,18 +1,21 @@
-"""Query latency on the bundled corpus, warm, and cold start of `rag ask`.
+"""Query latency on the bundled corpus, warm, and cold start of `rag ask` and of the web chat.
 
 Run: python bench/latency.py [--queries 200]
 Prints p50/p95 (ms) of query embedding, the whole retrieval, the extractive answer and the total,
 over the eval questions cycled to --queries, after one warm-up pass; then the wall time of a
-fresh `rag ask` process (cold start: interpreter, model load, index load, answer).
+fresh `rag ask` process (cold start: interpreter, model load, index load, answer), and the
+time from launching `python app.py` to its page being served on a free loopback port.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -21,6 +24,36 @@ from common import ROOT, emit, summarize  # noqa: E402
 from rag.assistant import Assistant  # noqa: E402
 from rag.config import Settings  # noqa: E402
 from rag.evaluate import load_qa  # noqa: E402
+
+COLD_QUESTION = "第二届长三角一体化发展高层论坛集中展示了多少项重大科技成果?"
+
+
+def cold_app_start_s(timeout_s: float = 300.0) -> float:
+    """Seconds from launching `python app.py` to a 200 on its page (index already built)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    started = time.perf_counter()
+    app = subprocess.Popen(
+        [sys.executable, str(ROOT / "app.py"), "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while time.perf_counter() - started < timeout_s:
+            if app.poll() is not None:
+                raise RuntimeError(f"app.py exited with {app.returncode} before serving")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
+                    if response.status == 200:
+                        return time.perf_counter() - started
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"app.py served nothing within {timeout_s:.0f} s")
+    finally:
+        app.terminate()
+        app.wait(timeout=30)
 
 
 def main() -> None:
@@ -46,12 +79,14 @@ def main() -> None:
 
     started = time.perf_counter()
     subprocess.run(
-        ["rag", "ask", "--json", "第二届长三角一体化发展高层论坛集中展示了多少项重大科技成果?"],
+        [sys.executable, "-m", "rag.cli", "ask", "--json", COLD_QUESTION],
         check=True,
+        cwd=ROOT,
         capture_output=True,
         env=dict(os.environ),
     )
     cold_s = time.perf_counter() - started
+    app_s = cold_app_start_s()
 
     figures = {
         "queries": len(questions),
@@ -60,6 +95,7 @@ def main() -> None:
         "answer_ms": summarize(answer),
         "total_ms": summarize(total),
         "cold_rag_ask_s": round(cold_s, 2),
+        "cold_app_page_s": round(app_s, 2),
         "threads": os.environ.get("OMP_NUM_THREADS", "default"),
     }
     rows = [
@@ -72,6 +108,7 @@ def main() -> None:
         )
     ]
     rows.append(("cold `rag ask` (s)", f"{cold_s:.2f}"))
+    rows.append(("cold `python app.py` to page (s)", f"{app_s:.2f}"))
     emit("query latency, bundled corpus, warm", figures, rows)
 
 
