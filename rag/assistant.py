@@ -98,12 +98,7 @@ class Assistant:
         answer = self._answer(index, shown, question, query)
         if self.llm is not None:
             answer = final_answer(self._generate(index, shown, query, answer))
-        done = time.perf_counter()
-        answer.timings_ms = {
-            "retrieve": (retrieved - started) * 1000,
-            "answer": (done - retrieved) * 1000,
-            "total": (done - started) * 1000,
-        }
+        answer.timings_ms = _timings_ms(started, retrieved, time.perf_counter())
         return answer, retrieval
 
     def ask_stream(self, question: str, history: Sequence[str] = ()) -> Iterator[str | Answer]:
@@ -124,12 +119,7 @@ class Assistant:
         answer = self._answer(index, retrieval, question, query)
         if self.llm is not None:
             answer = yield from self._generate(index, retrieval, query, answer)
-        done = time.perf_counter()
-        answer.timings_ms = {
-            "retrieve": (retrieved - started) * 1000,
-            "answer": (done - retrieved) * 1000,
-            "total": (done - started) * 1000,
-        }
+        answer.timings_ms = _timings_ms(started, retrieved, time.perf_counter())
         yield answer
 
     def _answer(self, index: Index, retrieval: Retrieval, question: str, query: str) -> Answer:
@@ -169,6 +159,14 @@ class Assistant:
         except ImportError:
             return question
         return contextualize(question, history)
+
+
+def _timings_ms(started: float, retrieved: float, done: float) -> dict[str, float]:
+    return {
+        "retrieve": (retrieved - started) * 1000,
+        "answer": (done - retrieved) * 1000,
+        "total": (done - started) * 1000,
+    }
 
 
 MAX_QUESTION_CHARS = 2000
