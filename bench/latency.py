@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, emit, summarize  # noqa: E402
+from common import ROOT, emit, free_port, summarize, wait_until_up  # noqa: E402
 
 from rag.assistant import Assistant  # noqa: E402
 from rag.config import Settings  # noqa: E402
@@ -30,9 +28,7 @@ COLD_QUESTION = "第二届长三角一体化发展高层论坛集中展示了多
 
 def cold_app_start_s(timeout_s: float = 300.0) -> float:
     """Seconds from launching `python app.py` to a 200 on its page (index already built)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     started = time.perf_counter()
     app = subprocess.Popen(
         [sys.executable, str(ROOT / "app.py"), "--port", str(port)],
@@ -41,16 +37,8 @@ def cold_app_start_s(timeout_s: float = 300.0) -> float:
         stderr=subprocess.DEVNULL,
     )
     try:
-        while time.perf_counter() - started < timeout_s:
-            if app.poll() is not None:
-                raise RuntimeError(f"app.py exited with {app.returncode} before serving")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
-                    if response.status == 200:
-                        return time.perf_counter() - started
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"app.py served nothing within {timeout_s:.0f} s")
+        wait_until_up(f"http://127.0.0.1:{port}/", app, timeout_s, poll_s=0.1)
+        return time.perf_counter() - started
     finally:
         app.terminate()
         app.wait(timeout=30)

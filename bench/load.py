@@ -22,17 +22,15 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, emit, summarize  # noqa: E402
+from common import ROOT, emit, free_port, summarize, wait_until_up  # noqa: E402
 
 # app.py run unchanged except for its queue settings, to compare them under the same load.
 QUEUE_OVERRIDE = """
@@ -54,12 +52,6 @@ sys.exit(app.main(sys.argv[1:]))
 """
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def rss_mb(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -68,20 +60,6 @@ def rss_mb(pid: int) -> float:
     except OSError:
         pass
     return float("nan")
-
-
-def wait_until_up(url: str, proc: subprocess.Popen, limit_s: float) -> None:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the app exited with code {proc.returncode} before it answered")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"the app did not answer at {url} within {limit_s:.0f} s")
 
 
 class Sampler(threading.Thread):
