@@ -3,7 +3,8 @@
 The extractive answerer needs no language model: it scores every sentence of the retrieved
 passages against the question (rag.retrieval.score_sentences: cosine of precomputed sentence
 vectors, lifted for the other language; the share of the question's words the sentence holds in
-either language; a number when the question asks for one), quotes the best ones, and cites each
+either language; a number when the question asks for one, more so beside a word of the question),
+quotes the best ones (the second preferring what the first leaves out), and cites each
 with the `[n]` of its passage. The evidence for answering at all is the best sentence's score, lowered by the share of
 the question's words that no document mentions in any language and the share that no retrieved
 passage holds; below the abstention threshold it says the documents do not hold the answer, in
@@ -20,7 +21,7 @@ from rag.chunking import Chunk
 from rag.crosslingual import QueryWords
 from rag.documents import is_chinese
 from rag.indexing import Index
-from rag.retrieval import Hit, Retrieval, score_sentences
+from rag.retrieval import Hit, Retrieval, pick_sentences, score_sentences
 
 NOT_FOUND = {
     "en": "The documents do not contain an answer to this question.",
@@ -149,8 +150,10 @@ def extractive_answer(
 ) -> Answer:
     """Quote the `max_sentences` best-scoring sentences with `[n]` markers, or abstain on weak evidence.
 
-    Always quoting the runner-up as well (rather than only when it scores close to the best)
-    answers more questions on the eval, at the cost of longer answers and citation precision.
+    Always quoting a second sentence (rather than only when it scores close to the best) answers
+    more questions on the eval, at the cost of longer answers and citation precision; it is the
+    runner-up unless another sentence scores nearly as well and holds words of the question the
+    first does not (rag.retrieval.pick_sentences), as the second part of a two-part question does.
     """
     language = language_of(question)
     titles = {doc_id: meta.get("title", doc_id) for doc_id, meta in index.documents.items()}
@@ -160,7 +163,8 @@ def extractive_answer(
         nearest = [_citation(i + 1, h, titles.get(h.chunk.doc_id, "")) for i, h in enumerate(retrieval.hits[:3])]
         return Answer(question, NOT_FOUND[language], True, [], nearest, evidence=evidence, language=language)
 
-    chosen = ranked[:max_sentences]
+    words = QueryWords.of(retrieval.query, index.bm25, retrieval.translation_groups)
+    chosen = pick_sentences(ranked, words.weights, max_sentences)
     # Quote in document order within a passage, passages in order of first use.
     chosen.sort(key=lambda s: (s.hit_rank, s.start))
     numbers: dict[int, int] = {}

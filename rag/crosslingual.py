@@ -7,6 +7,7 @@ the index holds the translation, and weighted by 1 / number of candidates. Trade
 dictionary knows words and set phrases, not paraphrases or senses in context, so translations
 are a separate, down-weighted ranked list that helps find a passage and never replaces the
 question's own terms.
+Place abbreviations (沪 Shanghai, 浙 Zhejiang, 皖 Anhui) keep the name CC-CEDICT gives them.
 """
 
 from __future__ import annotations
@@ -36,8 +37,11 @@ _SKIP_SENSE = re.compile(
     r"erhua variant|taiwan pr\.|pr\. |\(old\)|\(bound form\)$)",
     re.IGNORECASE,
 )
+# "abbr. for Zhejiang 浙江 province", "short name for Shanghai": 浙 and 沪 name those places (news
+# text writes 沪苏浙皖 for Shanghai, Jiangsu, Zhejiang, Anhui), so the sense is the proper name.
+_ABBREVIATION = re.compile(r"^(?:abbr\. for|short name for) ([A-Z][\w-]*(?: [A-Z][\w-]*)*)")
 _BRACKETED = re.compile(r"\([^)]*\)|\[[^\]]*\]|\S*[\u3400-\u9fff]\S*")
-DICTIONARY_FORMAT = 1
+DICTIONARY_FORMAT = 2
 # Dictionary candidates kept per word, best first (the weight is shared among them).
 MAX_CANDIDATES = 6
 # Senses of a Chinese word used for its English translation: the first ones are the common ones.
@@ -96,7 +100,10 @@ def _build_dictionary() -> dict:
             simplified = match.group(2)
             senses = []
             for raw in re.split(r"[/;]", match.group(3)):
-                if _SKIP_SENSE.match(raw.strip()):
+                abbreviation = _ABBREVIATION.match(raw.strip())
+                if abbreviation:
+                    raw = re.sub(r" (?:Province|City|Municipality)$", "", abbreviation.group(1))
+                elif _SKIP_SENSE.match(raw.strip()):
                     continue
                 sense = _normalize_sense(raw)
                 if sense and sense not in senses:
@@ -362,6 +369,25 @@ class QueryWords:
                 out.add(word)
         return out
 
+    def positions(self, text: str) -> dict[str, list[int]]:
+        """Where in `text` (NFKC-normalised) each word occurs in some form: {word: [offsets]}."""
+        out: dict[str, list[int]] = {}
+        for match in _QUERY_TOKEN.finditer(text):
+            token, start = match.group(), match.start()
+            if _CJK_RUN.fullmatch(token):
+                pieces = []
+                for piece in segment(token):
+                    pieces.append((piece, start))
+                    start += len(piece)
+            else:
+                pieces = [(token.lower(), start)]
+            for piece, at in pieces:
+                forms = {piece, pinyin(piece)} if _CJK_RUN.fullmatch(piece) else {piece, stem(piece)}
+                for word in self.forms:
+                    if forms & (self.forms[word] | self.parts[word]) or (word.isascii() and stem(word) in forms):
+                        out.setdefault(word, []).append(at)
+        return out
+
     def coverage(self, terms: Collection[str], stems: Collection[str] | None = None) -> float:
         """The IDF-weighted share of the words that `terms` (a text's search terms) hold."""
         total = sum(self.weights.values())
@@ -369,7 +395,12 @@ class QueryWords:
             return 1.0
         if stems is None:
             stems = {stem(t) for t in terms if t.isascii() and t.isalpha()}
-        return sum(self.weights[w] for w in self.found(terms, stems)) / total
+        return self.share(self.found(terms, stems))
+
+    def share(self, found: Collection[str]) -> float:
+        """The IDF-weighted share of the words that `found` (a result of `found`) holds."""
+        total = sum(self.weights.values())
+        return sum(self.weights[w] for w in found if w in self.weights) / total if total else 1.0
 
     def unknown_share(self, bm25: BM25) -> float:
         """The IDF-weighted share of the words that no passage of the index holds in any form.

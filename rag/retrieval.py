@@ -9,7 +9,8 @@ lists agree on, even when that one list was sure.
 
 The first few fused passages are then reordered by their best sentence (score_sentences: cosine
 lifted across languages, the share of the question's words held in either language, a number
-when one is asked for), which is also how rag.answer picks the sentences it quotes. Trade-off:
+when one is asked for, more so next to one of the question's words), which is also how
+rag.answer picks the sentences it quotes. Trade-off:
 the sentences of those passages are scored twice, once here and once for the answer.
 """
 
@@ -65,9 +66,16 @@ class FusionWeights:
 # e5-small's cosines across languages run about 0.08 below those within a language (the mean
 # over all candidate sentences of the eval's questions), so other-language sentences get it back.
 CROSS_LINGUAL_OFFSET = 0.08
-COVERAGE_WEIGHT = 0.25  # share of the question's content words the sentence holds, any language
+COVERAGE_WEIGHT = 0.2  # share of the question's content words the sentence holds, any language
 TRANSLATED_WEIGHT = 0.5  # share of the query's term weight met through translations and pinyin
 ANSWER_TYPE_WEIGHT = 0.06  # the question asks for a number and the sentence gives one
+# A quote after the first also scores this times the share of the question's words (IDF-weighted)
+# that it holds and the quotes before it do not: a two-part question gets a quote for each part.
+NOVELTY_WEIGHT = 0.15
+# When a number is asked for and one of the question's words stands next to a number the question
+# does not hold ("江苏127项" for "how many ... from Jiangsu"): that number likely answers it.
+NEAR_NUMBER_WEIGHT = 0.06
+_NEAR = {True: 8, False: 40}  # characters between word and number: Chinese text, other text
 # "How many", "what share", 多少, 几项 ...: the answer is a number.
 _ASKS_FOR_NUMBER = re.compile(
     r"\bhow (?:many|much|long|far|old|large|big)\b|\bwhat (?:share|proportion|percentage|number|amount|rate|score)\b"
@@ -85,6 +93,34 @@ class ScoredSentence:
     end: int
     text: str
     score: float
+    words: frozenset[str] = frozenset()  # the question's content words it holds (QueryWords.found)
+
+
+def pick_sentences(ranked: Sequence[ScoredSentence], weights: dict[str, float], n: int) -> list[ScoredSentence]:
+    """The best sentence, then greedily those that score best plus NOVELTY_WEIGHT x the share of
+    the question's words (`weights`: QueryWords.weights) they add to the ones already picked."""
+    total = sum(weights.values()) or 1.0
+    chosen: list[ScoredSentence] = []
+    covered: set[str] = set()
+    rest = list(ranked)
+    while rest and len(chosen) < n:
+        best = max(
+            rest, key=lambda s: s.score + NOVELTY_WEIGHT * sum(weights.get(w, 0.0) for w in s.words - covered) / total
+        )
+        chosen.append(best)
+        covered |= best.words
+        rest.remove(best)
+    return chosen
+
+
+def number_near_words(text: str, question: str, words: QueryWords) -> bool:
+    """True when one of the question's words occurs within a few characters of a number it does not hold."""
+    asked = set(_NUMBER.findall(question))
+    numbers = [m.start() for m in _NUMBER.finditer(text) if m.group() not in asked]
+    if not numbers:
+        return False
+    window = _NEAR[is_chinese(text)]
+    return any(abs(at - n) <= window for offsets in words.positions(text).values() for at in offsets for n in numbers)
 
 
 def _term_weights(index: Index, terms: Sequence[str], translated: dict[str, float] | None = None) -> dict[str, float]:
@@ -141,12 +177,15 @@ def score_sentences(index: Index, retrieval: Retrieval) -> list[ScoredSentence]:
         normalized = normalize(text)
         present, stems = sentence_terms(normalized)
         translated = sum(w for t, w in weights.items() if t in present and t not in own_terms) / total_weight
-        score = float(cosine) + COVERAGE_WEIGHT * words.coverage(present, stems) + TRANSLATED_WEIGHT * translated
+        found = words.found(present, stems)
+        score = float(cosine) + COVERAGE_WEIGHT * words.share(found) + TRANSLATED_WEIGHT * translated
         if is_chinese(text) != chinese_query:
             score += CROSS_LINGUAL_OFFSET
         if wants_number and gives_new_number(normalized, retrieval.query):
             score += ANSWER_TYPE_WEIGHT
-        candidates[key] = ScoredSentence(rank, hit, start, end, text, score)
+            if number_near_words(normalized, retrieval.query, words):
+                score += NEAR_NUMBER_WEIGHT
+        candidates[key] = ScoredSentence(rank, hit, start, end, text, score, frozenset(found))
     return sorted(candidates.values(), key=lambda s: -s.score)
 
 

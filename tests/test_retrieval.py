@@ -8,8 +8,11 @@ from rag.indexing import load_index, refresh_index
 from rag.lexical import BM25, tokenize
 from rag.retrieval import (
     FusionWeights,
+    ScoredSentence,
     asks_for_number,
     gives_new_number,
+    number_near_words,
+    pick_sentences,
     reciprocal_rank_fusion,
     rerank_by_sentences,
     retrieve,
@@ -149,6 +152,36 @@ def test_a_number_counts_only_when_the_question_does_not_already_hold_it():
     assert gives_new_number("585项重大科技成果", question)
     assert not gives_new_number("The 2020 exhibition was online.", question)
     assert not gives_new_number("No figures here.", question)
+
+
+def test_a_number_counts_more_next_to_one_of_the_questions_words():
+    from rag.crosslingual import QueryWords
+
+    bm25 = BM25([["江苏", "127", "jiangsu"], ["585", "成果"]])
+    question = "How many were from Jiangsu in 2020?"
+    words = QueryWords.of(question, bm25, {}, {"zh_en": {}, "en_zh": {}})
+    assert number_near_words("上海132项,江苏127项", question, words)  # 江苏 is Jiangsu by its pinyin
+    assert not number_near_words("江苏省在长江下游,长三角地区共展示了585项成果", question, words)  # too far
+    assert not number_near_words("江苏 2020", question, words)  # the question's own number
+
+
+def _sentence(text: str, score: float, words: set[str]) -> ScoredSentence:
+    return ScoredSentence(0, None, 0, len(text), text, score, frozenset(words))  # type: ignore[arg-type]
+
+
+def test_the_second_quote_prefers_a_sentence_that_answers_another_part_of_the_question():
+    weights = {"exhibition": 1.0, "achievements": 1.0, "auction": 1.0}
+    ranked = [
+        _sentence("585 achievements at the exhibition", 1.00, {"exhibition", "achievements"}),
+        _sentence("the exhibition showed 1700 pictures", 0.99, {"exhibition"}),
+        _sentence("60 took part in the auction", 0.97, {"auction"}),
+    ]
+    picked = pick_sentences(ranked, weights, 2)
+    assert [s.text for s in picked] == [ranked[0].text, ranked[2].text]
+    # Without anything new to add, the order of the scores decides.
+    assert pick_sentences(ranked[:2], weights, 2) == ranked[:2]
+    assert pick_sentences(ranked, weights, 1) == ranked[:1]
+    assert pick_sentences([], weights, 2) == []
 
 
 def test_each_retriever_alone_finds_the_unique_keyword(index, embedder):
