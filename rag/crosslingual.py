@@ -187,8 +187,32 @@ def chinese_to_english(text: str, known: Collection[str] | None = None, dictiona
     out: dict[str, dict[str, float]] = {}
     for term in tokenize(text):
         if _CJK_RUN.fullmatch(term):
-            _add(out, term, [w for sense in zh_en.get(term, [])[:MAX_SENSES] for w in tokenize(sense)], known)
+            words = [w for sense in zh_en.get(term, [])[:MAX_SENSES] for w in tokenize(sense)]
+            if known is not None:
+                # "govern" for 治理 meets "governance" in the text: other forms of a missing word.
+                by_stem = _stem_index(known)
+                words = [v for w in words for v in ([w] if w in known else by_stem.get(stem(w), [])[:2])]
+            _add(out, term, words, known)
     return {source: group for source, group in out.items() if group}
+
+
+# (vocabulary, its English words by stem) for the last few indexes loaded; compared by identity,
+# since a vocabulary is a dict (not hashable) that a refreshed index replaces rather than changes.
+_STEM_INDEXES: list[tuple[Collection[str], dict[str, list[str]]]] = []
+
+
+def _stem_index(known: Collection[str]) -> dict[str, list[str]]:
+    """English words of `known` by stem."""
+    for vocabulary, index in _STEM_INDEXES:
+        if vocabulary is known:
+            return index
+    index: dict[str, list[str]] = {}
+    for word in known:
+        if word.isascii() and word.isalpha():
+            index.setdefault(stem(word), []).append(word)
+    _STEM_INDEXES.insert(0, (known, index))
+    del _STEM_INDEXES[4:]
+    return index
 
 
 def translations(query: str, known: Collection[str] | None = None, dictionary: dict | None = None) -> dict:

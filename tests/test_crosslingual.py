@@ -64,6 +64,12 @@ def test_translations_keep_only_terms_the_index_knows():
     assert out == {"城市": {"city": 1.0}, "走廊": {"corridor": 1.0}}
 
 
+def test_a_translation_the_index_lacks_meets_other_forms_of_the_word():
+    dictionary = {"zh_en": {"治理": ["govern", "control"]}, "en_zh": {}}
+    out = chinese_to_english("环境治理", known={"governance", "control", "environment"}, dictionary=dictionary)
+    assert out == {"治理": {"governance": 0.5, "control": 0.5}}  # "govern" is not in the text; "governance" is
+
+
 def test_query_expansion_joins_pinyin_of_names_jieba_splits():
     expansion = query_expansion("汪力成是哪家公司的董事长?", dictionary=DICTIONARY)
     assert "wanglicheng" in expansion  # jieba cuts 汪力|成; the pair's pinyin is the name
