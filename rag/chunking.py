@@ -25,13 +25,15 @@ _SENTENCE_END = re.compile(
 )
 
 
-@dataclass(frozen=True)
+# slots: a large file makes hundreds of thousands of these, and a per-instance __dict__ would
+# triple their size (both while indexing and in a loaded index).
+@dataclass(frozen=True, slots=True)
 class Sentence:
     start: int
     end: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Chunk:
     chunk_id: str  # stable: derived from the document id and the chunk's text
     doc_id: str
@@ -104,7 +106,9 @@ def chunk_document(doc: Document, count_tokens: CountTokens, max_tokens: int = 1
         raise ValueError(f"overlap ({overlap}) must be smaller than max_tokens ({max_tokens})")
     text = doc.text
     raw = split_sentences(text)
-    counts = count_tokens([text[s.start : s.end] for s in raw]) if raw else []
+    counts: list[int] = []
+    for i in range(0, len(raw), 1024):  # in batches: the texts of all sentences are a second copy of a large file
+        counts.extend(count_tokens([text[s.start : s.end] for s in raw[i : i + 1024]]))
     sentences: list[Sentence] = []
     tokens: list[int] = []
     for sentence, n in zip(raw, counts):

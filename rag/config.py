@@ -26,6 +26,7 @@ ENV_VARS = {
     "llm_model": "RAG_LLM_MODEL",
     "llm_api_key": "RAG_LLM_API_KEY",
     "llm_timeout": "RAG_LLM_TIMEOUT",
+    "max_document_mb": "RAG_MAX_DOCUMENT_MB",
 }
 
 
@@ -55,6 +56,9 @@ class Settings:
     # Chunk size in tokens of the embedding model; calibrated on eval/qa.jsonl.
     chunk_tokens: int = 160
     chunk_overlap: int = 32
+    # Files larger than this are skipped with a reason: memory while indexing one is ~28x its size
+    # (bench/bigfile.py), so the default keeps a single file under ~2 GB.
+    max_document_mb: float = 64
     # Passages shown to the answerer, and candidates each retriever contributes to fusion.
     top_k: int = 5
     candidates: int = 40

@@ -4,8 +4,11 @@ Text is kept as found (only line endings unified) so that chunk offsets index th
 sees; search-side normalisation (NFKC, whitespace) happens per chunk in `normalize`. A file
 that cannot be read or decoded is reported by name and skipped; it never stops the rest (nor
 does a named pipe with a document's name: only regular files are read).
-Trade-off: encodings are detected from BOMs and strict trial decodes (UTF-8, then GB18030),
-not statistically, so a legacy single-byte file may be refused rather than mis-decoded.
+Trade-off: encodings are detected from BOMs, byte patterns and strict trial decodes, not
+statistically: UTF-16 without a BOM by where its NUL bytes fall; text that is not UTF-8 is read
+as cp1252/Latin-1 when its non-ASCII bytes mostly stand alone (accented letters), else as GB18030
+(Chinese), and refused when the result does not read as text. Other legacy encodings (Shift-JIS,
+Big5, Cyrillic code pages) are not told apart and may be refused or mis-decoded.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 SUPPORTED_SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm")
+# Larger files are skipped with a reason (settings.max_document_mb, RAG_MAX_DOCUMENT_MB): indexing
+# one holds its text, chunks and vectors at once, ~28x the file at the peak (bench/RESULTS.md).
 MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
 
 
@@ -43,6 +48,14 @@ class DocumentError(ValueError):
     """A single document could not be turned into text."""
 
 
+class CorpusEmptyError(FileNotFoundError):
+    """The corpus folder holds no readable document while the index holds some.
+
+    A FileNotFoundError, as for a missing folder: an unmounted or mistyped folder looks empty, so
+    callers keep answering from the existing index rather than emptying it.
+    """
+
+
 _SPACES = re.compile(r"[ \t\u00a0\u3000\u200b\ufeff]+")
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 
@@ -60,13 +73,16 @@ def is_chinese(text: str) -> bool:
 
 
 def decode_bytes(raw: bytes) -> str:
-    """Decode a text file: BOMs first, then strict UTF-8, then GB18030 (common for Chinese)."""
+    """Decode a text file: BOMs, UTF-16 by its NULs, strict UTF-8, then GB18030 or cp1252/Latin-1."""
     if raw.startswith(b"\xef\xbb\xbf"):
         return raw[3:].decode("utf-8", errors="strict")
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         return raw.decode("utf-16")
     if b"\x00" in raw[:8192]:
-        raise DocumentError("looks binary (NUL bytes) and has no UTF-16 byte-order mark")
+        text = _utf16_without_bom(raw)
+        if text is None:
+            raise DocumentError("looks binary (NUL bytes) and is not UTF-16 text")
+        return text
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -76,20 +92,66 @@ def decode_bytes(raw: bytes) -> str:
         raise DocumentError(
             f"invalid UTF-8 at byte {first_bad} (the rest is UTF-8): the file is damaged; re-save it as UTF-8"
         )
+    if _single_byte_letters(raw):
+        return _western(raw)
     try:
         text = raw.decode("gb18030")
     except UnicodeDecodeError as exc:
-        raise DocumentError("not valid UTF-8, UTF-16 or GB18030 text") from exc
+        raise DocumentError("not valid UTF-8, UTF-16, GB18030 or Western (cp1252) text") from exc
     # GB18030 decodes almost any byte string; accept it only if the result reads as text:
     # Chinese, or (an English file saved on a Chinese system) punctuation and symbols only.
-    readable = sum(1 for ch in text if ch.isprintable() or ch in "\n\r\t")
     plausible = _CJK.search(text) or all(_GB_SYMBOLS.match(ch) for ch in text if ord(ch) > 127)
-    if not plausible or readable < 0.98 * len(text):
+    if not plausible or not _readable(text):
         raise DocumentError("not valid UTF-8, and does not read as GB18030 Chinese text")
     return text
 
 
 _GB_SYMBOLS = re.compile(r"[\u00a0-\u00ff\u2000-\u25ff\u3000-\u303f\uff00-\uffef]")
+_HIGH_RUN = re.compile(rb"[\x80-\xff]+")
+
+
+def _readable(text: str) -> bool:
+    return sum(1 for ch in text if ch.isprintable() or ch in "\n\r\t") >= 0.98 * len(text)
+
+
+def _utf16_without_bom(raw: bytes) -> str | None:
+    """UTF-16 told by its NULs: the high byte of ASCII (and of much else), always on the same side.
+
+    Binary files have NULs on both sides of the byte pairs; UTF-16 text (English, or Chinese with
+    its line breaks and digits) has them mostly on one side (Chinese characters such as 一, U+4E00,
+    put a few on the other), and must then decode strictly and read as text.
+    """
+    sample = raw[:8192]
+    even, odd = sample[0::2].count(0), sample[1::2].count(0)
+    if len(raw) % 2 or max(even, odd) < len(sample) / 40 or min(even, odd) > max(even, odd) / 2:
+        return None
+    try:  # NUL in the odd bytes: the low byte comes first
+        text = raw.decode("utf-16-le" if odd > even else "utf-16-be")
+    except UnicodeDecodeError:
+        return None
+    return text if _readable(text) else None
+
+
+def _single_byte_letters(raw: bytes) -> bool:
+    """True when most non-ASCII bytes stand alone between ASCII ones: accented letters in Western text.
+
+    GBK/GB18030 writes each Chinese character (and each full-width symbol) as two or more bytes
+    that are all non-ASCII in practice, so its non-ASCII bytes come in runs; in Latin-1 and cp1252
+    an accented letter or a curly quote is one byte among ASCII letters. Judged on the first 4 MB.
+    """
+    runs = [len(run) for run in _HIGH_RUN.findall(raw[: 4 * 2**20])]
+    return bool(runs) and runs.count(1) >= 0.6 * sum(runs)
+
+
+def _western(raw: bytes) -> str:
+    """cp1252 (Windows' Western encoding, a superset of Latin-1's letters), else Latin-1, if readable."""
+    try:
+        text = raw.decode("cp1252")
+    except UnicodeDecodeError:  # the five bytes cp1252 leaves undefined
+        text = raw.decode("latin-1")
+    if not _readable(text):  # C1 control bytes: not text in any Western encoding
+        raise DocumentError("not valid UTF-8, and does not read as Western (cp1252/Latin-1) text")
+    return text
 
 
 def _mostly_utf8(raw: bytes) -> bool:
@@ -176,25 +238,24 @@ def html_to_text(html: str) -> str:
 
 
 def title_of(text: str) -> str:
-    for line in text.splitlines():
-        line = line.strip()
-        if line:
-            return line[:200]
-    return ""
+    """The first non-blank line, at most 200 characters (found without splitting the whole text)."""
+    match = re.search(r"\S[^\n]{0,400}", text)
+    return match.group().strip()[:200] if match else ""
 
 
-def load_document(path: Path, doc_id: str) -> Document:
+def load_document(path: Path, doc_id: str, max_bytes: int = MAX_DOCUMENT_BYTES) -> Document:
     # O_NONBLOCK: a named pipe with a document's name must not block the whole index.
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     with os.fdopen(fd, "rb") as fh:
         st = os.fstat(fd)  # of the file actually read, even if the path is replaced meanwhile
         if not stat.S_ISREG(st.st_mode):
             raise DocumentError("not a regular file (a pipe, socket or device)")
-        if st.st_size > MAX_DOCUMENT_BYTES:
+        if st.st_size > max_bytes:
             raise DocumentError(
-                f"{st.st_size / 2**20:.0f} MB, larger than the {MAX_DOCUMENT_BYTES // 2**20} MB limit: split it"
+                f"{st.st_size / 2**20:.0f} MB, larger than the {max_bytes / 2**20:g} MB limit: "
+                "split it, or raise RAG_MAX_DOCUMENT_MB"
             )
-        raw = fh.read(MAX_DOCUMENT_BYTES + 1)
+        raw = fh.read(max_bytes + 1)
     text = decode_bytes(raw).replace("\r\n", "\n").replace("\r", "\n")
     if path.suffix.lower() in (".html", ".htm"):
         text = html_to_text(text)
@@ -233,7 +294,7 @@ def iter_document_paths(corpus_dir: Path) -> Iterator[tuple[str, Path]]:
     yield from sorted(found)
 
 
-def load_corpus(corpus_dir: Path) -> tuple[list[Document], list[LoadError]]:
+def load_corpus(corpus_dir: Path, max_bytes: int = MAX_DOCUMENT_BYTES) -> tuple[list[Document], list[LoadError]]:
     """Every readable document under `corpus_dir`, and a reason for each one skipped."""
     if not corpus_dir.is_dir():
         raise FileNotFoundError(
@@ -243,7 +304,7 @@ def load_corpus(corpus_dir: Path) -> tuple[list[Document], list[LoadError]]:
     errors: list[LoadError] = []
     for doc_id, path in iter_document_paths(corpus_dir):
         try:
-            documents.append(load_document(path, doc_id))
+            documents.append(load_document(path, doc_id, max_bytes))
         except (OSError, DocumentError, UnicodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             errors.append(LoadError(doc_id, reason or type(exc).__name__))

@@ -72,11 +72,14 @@ class SentenceTransformerEmbedder:
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         return self._encode(texts, self._query_prompt)
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        if not texts:
-            return []
-        encoded = self._model.tokenizer(list(texts), add_special_tokens=False, truncation=False)
-        return [len(ids) for ids in encoded["input_ids"]]
+    def count_tokens(self, texts: Sequence[str], batch: int = 1024) -> list[int]:
+        # In batches: the tokenizer returns every token id as a Python int (~40 bytes each), so
+        # counting a large document's sentences in one call would hold ~40x its text at once.
+        counts: list[int] = []
+        for i in range(0, len(texts), batch):
+            encoded = self._model.tokenizer(list(texts[i : i + batch]), add_special_tokens=False, truncation=False)
+            counts.extend(len(ids) for ids in encoded["input_ids"])
+        return counts
 
 
 def resolve_model_path(name: str, cache_dir: Path) -> str:
@@ -101,8 +104,9 @@ def _load_sentence_transformer(name: str, cache_dir: str):
         transformers.logging.disable_progress_bar()
         return SentenceTransformer(path, device="cpu")
     except Exception as exc:
+        reason = str(exc).strip().rstrip(".")  # most loader messages end in a full stop already
         raise EmbeddingModelError(
-            f"cannot load embedding model {name!r}: {exc}. Use a local sentence-transformers "
+            f"cannot load embedding model {name!r}: {reason}. Use a local sentence-transformers "
             f"directory, a model already in the Hugging Face cache, or the bundled default "
             f"{BUNDLED_MODEL_NAME!r}."
         ) from exc
