@@ -32,7 +32,7 @@ from rag.chat import (
     stream_answer,
 )
 from rag.config import Settings
-from rag.indexing import IndexError_
+from rag.indexing import IndexError_, read_manifest
 
 EXAMPLES = [
     "How many major scientific and technological achievements were shown at the second forum?",
@@ -225,6 +225,13 @@ def main(argv: list[str] | None = None) -> int:
     assistant = Assistant(Settings.from_env())
     try:
         report = assistant.ensure_index()
+    except FileNotFoundError as exc:  # the corpus folder is missing or empty (an unmounted drive?)
+        if read_manifest(assistant.settings.index_dir) is None:
+            print(f"app.py: cannot build the index: {exc}", file=sys.stderr)
+            return 1
+        # As `rag ask` does: the index still answers, and is kept for when the folder is back.
+        print(f"app.py: warning: {str(exc).rstrip('.')}; answering from the existing index", file=sys.stderr)
+        report = None
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"app.py: cannot build the index: {exc}", file=sys.stderr)
         return 1

@@ -81,8 +81,8 @@ def _assistant(settings: Settings, refresh: bool = True):
 
             if read_manifest(settings.index_dir) is None:
                 raise
-            # The corpus folder is gone (an unmounted drive?): the index still answers, and is kept.
-            print(f"warning: {exc}; answering from the existing index", file=sys.stderr)
+            # The corpus folder is gone or empty (an unmounted drive?): the index still answers, and is kept.
+            print(f"warning: {str(exc).rstrip('.')}; answering from the existing index", file=sys.stderr)
             report = None
         if report is not None and report.changed:
             print(f"index refreshed: {report.summary()}", file=sys.stderr)
@@ -93,9 +93,11 @@ def _assistant(settings: Settings, refresh: bool = True):
 
 def cmd_index(args: argparse.Namespace) -> int:
     from rag.assistant import Assistant
+    from rag.indexing import refresh_index
 
     settings = _settings(args)
-    report = Assistant(settings).refresh(rebuild=args.rebuild)
+    embedder = Assistant(settings).embedder
+    report = refresh_index(settings, embedder, rebuild=args.rebuild, allow_empty=args.allow_empty)
     print(
         report.summary()
         if report.changed or report.skipped
@@ -237,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_settings_flags(p)
     p.add_argument("--rebuild", action="store_true", help="re-embed everything from scratch")
+    p.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="let a corpus folder with no readable documents empty the index (refused otherwise: "
+        "an unmounted or mistyped folder looks empty too)",
+    )
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser(

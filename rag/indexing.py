@@ -1,11 +1,12 @@
 """The on-disk index: chunk and sentence vectors, chunk metadata and terms, and a manifest.
 
 Layout: `index_dir/CURRENT` names the live generation, `index_dir/gen-NNNNNN/` holds its files
-(`manifest.json`, `chunks.jsonl`, `chunks.faiss`, `sentences.faiss`). A refresh writes a new
+(`manifest.json`, `chunks.jsonl`, `chunks.faiss`, `sentences.faiss`, and the BM25 matrix in
+`bm25.json` + `bm25.bin`, memory-mapped on load rather than rebuilt from the terms). A refresh writes a new
 generation beside the old one, fsyncs it, then atomically replaces CURRENT, so a crash leaves
 either the old or the new index, never a mix. CURRENT also holds the sha256 of the generation's
-manifest, and the manifest that of every other file, all verified on load; loading reads JSON and
-FAISS files only, never pickle. Refresh is incremental by content hash: a document whose bytes
+manifest, and the manifest that of every other file, all verified on load; loading reads JSON,
+FAISS files and raw arrays only, never pickle. Refresh is incremental by content hash: a document whose bytes
 are unchanged is not re-chunked, and a chunk or sentence whose text is unchanged keeps its vector.
 Trade-off: each refresh rewrites the (small) metadata files whole.
 """
@@ -21,6 +22,7 @@ import re
 import shutil
 import sys
 import time
+from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -32,13 +34,14 @@ from rag import __version__
 from rag.chunking import Chunk, Sentence, chunk_document, int_id
 from rag.config import Settings
 from rag.crosslingual import document_terms
-from rag.documents import Document, LoadError, is_chinese, load_corpus, normalize
+from rag.documents import CorpusEmptyError, Document, LoadError, is_chinese, load_corpus, normalize
 from rag.embeddings import Embedder
 from rag.lexical import BM25
-from rag.store import VectorStore
+from rag.store import VectorStore, choose_index_type
 
-FORMAT_VERSION = 2  # 2: chunk terms include pinyin and joined names (rag.crosslingual)
-_FILES = ("manifest.json", "chunks.jsonl", "chunks.faiss", "sentences.faiss")
+# 2: chunk terms include pinyin and joined names (rag.crosslingual); 3: the BM25 matrix is saved
+FORMAT_VERSION = 3
+_FILES = ("manifest.json", "chunks.jsonl", "chunks.faiss", "sentences.faiss", *BM25.FILES)
 
 
 class IndexError_(RuntimeError):
@@ -67,10 +70,10 @@ class Index:
     terms: list[list[str]]
     chunk_vectors: VectorStore
     sentence_vectors: VectorStore
+    bm25: BM25  # over `terms`, saved with them (see _write_generation)
     path: Path
     row_of_id: dict[int, int] = field(init=False)
     chunk_rows_of_sentence: dict[int, list[int]] = field(init=False)
-    bm25: BM25 = field(init=False)
     chinese_rows: np.ndarray = field(init=False)  # True where a chunk is Chinese text
 
     def __post_init__(self) -> None:
@@ -79,7 +82,6 @@ class Index:
         for row, chunk in enumerate(self.chunks):
             for key in self.sentence_keys(chunk):
                 self.chunk_rows_of_sentence.setdefault(key, []).append(row)
-        self.bm25 = BM25(self.terms)
         self.chinese_rows = np.array([is_chinese(c.text) for c in self.chunks], dtype=bool)
 
     @staticmethod
@@ -248,6 +250,7 @@ def _load_generation(index_dir: Path, pointer: tuple[Path, str | None] | None, e
         chunks, terms = _read_chunks(gen / "chunks.jsonl")
         chunk_vectors = VectorStore.load(gen / "chunks.faiss")
         sentence_vectors = VectorStore.load(gen / "sentences.faiss")
+        bm25 = BM25.load(*(gen / name for name in BM25.FILES))
     except (OSError, RuntimeError, ValueError, KeyError) as exc:
         # Verified a moment ago: deleted by a concurrent writer since (load_index retries), or a disk fault.
         raise IndexError_(f"cannot read index generation {gen}: {exc}. {fix}") from exc
@@ -257,6 +260,7 @@ def _load_generation(index_dir: Path, pointer: tuple[Path, str | None] | None, e
         terms=terms,
         chunk_vectors=chunk_vectors,
         sentence_vectors=sentence_vectors,
+        bm25=bm25,
         path=gen,
     )
 
@@ -343,6 +347,9 @@ def _write_generation(
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     chunk_store.save(staging / "chunks.faiss")
     sentence_store.save(staging / "sentences.faiss")
+    # Rebuilt whole: idf depends on every document. Cheap next to embedding, and it spares every
+    # reader the rebuild (25-42 s at 1M chunks, bench/RESULTS.md).
+    BM25(terms).save(*(staging / name for name in BM25.FILES))
     manifest["checksums"] = {n: _checksum(staging / n) for n in _FILES if n != "manifest.json"}
     manifest_bytes = json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8")
     (staging / "manifest.json").write_bytes(manifest_bytes)
@@ -367,7 +374,8 @@ def _remove_stale(index_dir: Path) -> None:
     """Delete generations CURRENT does not name, and staging folders a killed run left behind.
 
     Called with the lock held. A reader still verifying an older generation sees CURRENT move
-    and re-reads (see load_index); a loaded index holds its data in memory.
+    and re-reads (see load_index); a loaded index holds its data in memory, except bm25.bin,
+    which it memory-maps: a deleted file's pages stay readable while mapped (POSIX).
     """
     live = current_generation(index_dir)
     for old in index_dir.glob("gen-*"):
@@ -412,26 +420,27 @@ def _progress(total: int, label: str, unit: str, at_least: int):
 
 
 def _embed_in_batches(
-    embed: Callable[[list[str]], np.ndarray], texts: list[str], dim: int, label: str, batch: int = 64
-) -> np.ndarray:
-    if not texts:
-        return np.zeros((0, dim), dtype=np.float32)
+    embed: Callable[[list[str]], np.ndarray],
+    rows: np.ndarray,
+    text_of: Callable[[int], str],
+    label: str,
+    batch: int = 64,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(rows, vectors) a batch at a time: texts are made per batch, never all held at once."""
     from tqdm import tqdm
 
-    out = []
     with tqdm(
-        total=len(texts),
+        total=len(rows),
         desc=f"embedding {label}",
         unit=label,
         file=sys.stderr,
-        disable=len(texts) < 2 * batch,
+        disable=len(rows) < 2 * batch,
         leave=False,
     ) as bar:
-        for i in range(0, len(texts), batch):
-            part = texts[i : i + batch]
-            out.append(embed(part))
+        for i in range(0, len(rows), batch):
+            part = rows[i : i + batch]
+            yield part, embed([text_of(int(r)) for r in part])
             bar.update(len(part))
-    return np.vstack(out)
 
 
 def _rebuild_reason(old: dict | None, settings: Settings, embedder: Embedder) -> str | None:
@@ -447,13 +456,26 @@ def _rebuild_reason(old: dict | None, settings: Settings, embedder: Embedder) ->
     return None
 
 
-def refresh_index(settings: Settings, embedder: Embedder, rebuild: bool = False) -> RefreshReport:
-    """Bring the index in `settings.index_dir` up to date with `settings.corpus_dir`."""
+def refresh_index(
+    settings: Settings, embedder: Embedder, rebuild: bool = False, allow_empty: bool = False
+) -> RefreshReport:
+    """Bring the index in `settings.index_dir` up to date with `settings.corpus_dir`.
+
+    A corpus with no readable document never empties an index that holds some (it is more often
+    an unmounted or mistyped folder than a deliberate deletion) unless `allow_empty` says so.
+    """
     started = time.perf_counter()
     report = RefreshReport()
-    documents, report.skipped = load_corpus(settings.corpus_dir)
+    documents, report.skipped = load_corpus(settings.corpus_dir, int(settings.max_document_mb * 2**20))
     with index_lock(settings.index_dir):
         old_manifest = read_manifest(settings.index_dir)
+        indexed = len((old_manifest or {}).get("documents") or {})
+        if not documents and indexed and not allow_empty:
+            raise CorpusEmptyError(
+                f"the corpus folder {settings.corpus_dir} has no readable documents, but the index holds "
+                f"{indexed}: is the folder unmounted or mistyped? The index was left as it was; to empty "
+                "it on purpose, run `rag index --allow-empty`."
+            )
         old: Index | None = None
         report.rebuilt_because = "--rebuild requested" if rebuild and old_manifest else None
         report.rebuilt_because = report.rebuilt_because or _rebuild_reason(old_manifest, settings, embedder)
@@ -531,8 +553,11 @@ def _plan_and_write(
     if old is not None and not report.changed and skipped == old.manifest.get("skipped", {}):
         return  # nothing to write: the live generation is already current
 
+    # Texts to embed are made from the chunks a batch at a time (see _carry_vectors): a list of
+    # every chunk's and sentence's normalised text would hold the corpus twice more.
     chunk_store = _carry_vectors(
-        [(int_id(c.chunk_id), c.search_text) for c in chunks],
+        np.fromiter((int_id(c.chunk_id) for c in chunks), dtype=np.int64, count=len(chunks)),
+        lambda row: chunks[row].search_text,
         old.chunk_vectors if old else None,
         embedder,
         "chunks",
@@ -540,12 +565,16 @@ def _plan_and_write(
         "embedded_chunks",
         settings.index_type,
     )
-    sentence_items: dict[int, str] = {}
-    for chunk in chunks:
-        for key, s in zip(Index.sentence_keys(chunk), chunk.sentences):
-            sentence_items.setdefault(key, normalize(chunk.text[s.start - chunk.start : s.end - chunk.start]))
+    sentence_ids, where = _sentence_locations(chunks)
+
+    def sentence_text(i: int) -> str:
+        chunk = chunks[where[i] >> 16]
+        s = chunk.sentences[where[i] & 0xFFFF]
+        return normalize(chunk.text[s.start - chunk.start : s.end - chunk.start])
+
     sentence_store = _carry_vectors(
-        list(sentence_items.items()),
+        sentence_ids,
+        sentence_text,
         old.sentence_vectors if old else None,
         embedder,
         "sentences",
@@ -563,15 +592,31 @@ def _plan_and_write(
         "created": old.manifest["created"] if old else now,
         "updated": now,
         "corpus_dir": str(settings.corpus_dir),
-        "counts": {"documents": len(doc_entries), "chunks": len(chunks), "sentences": len(sentence_items)},
+        "counts": {"documents": len(doc_entries), "chunks": len(chunks), "sentences": len(sentence_ids)},
         "documents": doc_entries,
         "skipped": skipped,
     }
     _write_generation(settings.index_dir, manifest, chunks, terms, chunk_store, sentence_store)
 
 
+def _sentence_locations(chunks: list[Chunk]) -> tuple[np.ndarray, np.ndarray]:
+    """Each distinct sentence key, in first-seen order, and where it first occurs.
+
+    A location is `chunk row << 16 | sentence number` (a chunk holds far fewer than 65,536
+    sentences): two int64 arrays instead of a dict of every sentence's text.
+    """
+    keys, where = array("q"), array("q")
+    for row, chunk in enumerate(chunks):
+        keys.extend(Index.sentence_keys(chunk))
+        where.extend(row << 16 | n for n in range(len(chunk.sentences)))
+    keys_np = np.frombuffer(keys, dtype=np.int64)
+    first = np.sort(np.unique(keys_np, return_index=True)[1])  # overlapping chunks share sentences
+    return keys_np[first], np.frombuffer(where, dtype=np.int64)[first]
+
+
 def _carry_vectors(
-    items: list[tuple[int, str]],
+    ids: np.ndarray,
+    text_of: Callable[[int], str],
     old_store: VectorStore | None,
     embedder: Embedder,
     label: str,
@@ -579,17 +624,41 @@ def _carry_vectors(
     counter: str,
     index_type: str = "auto",
 ) -> VectorStore:
-    """A store holding a vector per (id, text): old vectors reused by id, the rest embedded."""
+    """A store holding a vector per id: old vectors reused by id, the rest embedded from `text_of(i)`.
+
+    Vectors go into an exact (flat) store a batch at a time, so no second copy of them all is
+    held; a store large enough for IVF-PQ (or asked to be HNSW) is filled once from one matrix,
+    since it is trained on, or built from, all of them: the peak is then twice the vectors.
+    """
     store = VectorStore(embedder.dim, index_type)
-    ids = np.array([i for i, _ in items], dtype=np.int64)
     if old_store is not None and len(old_store):
         reuse = np.isin(ids, old_store.ids())
     else:
         reuse = np.zeros(len(ids), dtype=bool)
-    if reuse.any():
-        store.add(ids[reuse], old_store.get(ids[reuse]))
-    todo = [items[i][1] for i in np.flatnonzero(~reuse)]
-    vectors = _embed_in_batches(embedder.embed_passages, todo, embedder.dim, label)
-    store.add(ids[~reuse], vectors)
+    whole = None
+    if choose_index_type(len(ids), index_type) != "flat":
+        whole = np.empty((len(ids), embedder.dim), dtype=np.float32)
+    filled = 0
+
+    def put(part_ids: np.ndarray, vectors: np.ndarray) -> None:
+        nonlocal filled
+        if whole is None:
+            store.add(part_ids, vectors)
+        else:
+            whole[filled : filled + len(part_ids)] = vectors
+        filled += len(part_ids)
+
+    kept = ids[reuse]
+    for i in range(0, len(kept), 4096):
+        put(kept[i : i + 4096], old_store.get(kept[i : i + 4096]))
+    todo = np.flatnonzero(~reuse)
+    # By length, as sentence-transformers orders the texts of one call: a batch then pads to
+    # texts of about its own length. In document order, batches of 64 made the build 42% slower
+    # than encoding the same texts in one call (bench/RESULTS.md).
+    todo = todo[np.argsort([len(text_of(int(r))) for r in todo], kind="stable")]
+    for rows, vectors in _embed_in_batches(embedder.embed_passages, todo, text_of, label):
+        put(ids[rows], vectors)
+    if whole is not None:
+        store.add(np.concatenate([kept, ids[todo]]), whole)
     setattr(report, counter, getattr(report, counter) + len(todo))
     return store

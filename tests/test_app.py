@@ -56,3 +56,42 @@ def test_the_history_of_earlier_questions_reaches_the_assistant():
     updates = _updates(assistant, "那安徽呢?", [], ["论坛展示了多少项成果?"])
     assert assistant.histories == [["论坛展示了多少项成果?"]]
     assert "安徽161项" in updates[-1][1][-1]["content"]
+
+
+class LaunchRecorder:
+    """Stands in for the Gradio page: records that main() got as far as serving it."""
+
+    launched = False
+
+    def queue(self, **kwargs):
+        return self
+
+    def launch(self, **kwargs):
+        LaunchRecorder.launched = True
+
+
+def test_the_app_serves_an_existing_index_with_a_warning_when_the_corpus_folder_is_missing(
+    settings, embedder, monkeypatch, capsys, tmp_path
+):
+    from rag.assistant import Assistant
+
+    Assistant(settings, embedder).refresh()
+    monkeypatch.setattr("rag.assistant.load_embedder", lambda name, cache_dir: embedder)
+    monkeypatch.setattr(app, "build_app", lambda assistant: LaunchRecorder())
+    monkeypatch.setenv("RAG_INDEX_DIR", str(settings.index_dir))
+    for corpus in (tmp_path / "unmounted", tmp_path / "empty"):
+        if corpus.name == "empty":
+            corpus.mkdir()
+        monkeypatch.setenv("RAG_CORPUS_DIR", str(corpus))
+        LaunchRecorder.launched = False
+        assert app.main([]) == 0
+        assert LaunchRecorder.launched
+        err = capsys.readouterr().err
+        assert str(corpus) in err and "answering from the existing index" in err
+
+
+def test_the_app_refuses_to_start_with_no_corpus_and_no_index(monkeypatch, capsys, embedder, tmp_path):
+    monkeypatch.setattr("rag.assistant.load_embedder", lambda name, cache_dir: embedder)
+    monkeypatch.setenv("RAG_CORPUS_DIR", str(tmp_path / "unmounted"))
+    assert app.main([]) == 1
+    assert "does not exist" in capsys.readouterr().err

@@ -19,10 +19,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rag.config import PROJECT_ROOT
 from rag.indexing import current_generation, index_lock, load_index
+from rag.lexical import BM25
 
 pytestmark = pytest.mark.slow
 
@@ -83,11 +85,17 @@ def run(args: list[str]) -> subprocess.CompletedProcess:
 
 def fingerprint(index_dir: Path) -> tuple:
     index = load_index(index_dir)  # checksums verified; the model is not needed to compare
+    # The saved BM25 matrix must belong to the same generation as the terms it was built from.
+    fresh = BM25(index.terms)
+    assert index.bm25.vocabulary == fresh.vocabulary
+    assert all(np.array_equal(index.bm25.scores([t]), fresh.scores([t])) for t in list(fresh.vocabulary)[:20])
     return (
         tuple(sorted((d, m["sha256"]) for d, m in index.documents.items())),
         tuple(c.chunk_id for c in index.chunks),
         tuple(sorted(index.chunk_vectors.ids().tolist())),
         tuple(sorted(index.sentence_vectors.ids().tolist())),
+        index.bm25.n_docs,
+        tuple(index.bm25.vocabulary),
     )
 
 

@@ -3,10 +3,12 @@ import json
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from rag.chunking import int_id
 from rag.config import PROJECT_ROOT, Settings
-from rag.documents import normalize
+from rag.documents import CorpusEmptyError, normalize
 from rag.indexing import (
     IndexError_,
     IndexMismatchError,
@@ -15,6 +17,7 @@ from rag.indexing import (
     load_index,
     refresh_index,
 )
+from rag.lexical import BM25
 
 ALL_DOCS = ["alpha.txt", "beta.md", "chinese.txt", "mixed.txt"]
 
@@ -49,6 +52,19 @@ def test_first_build_embeds_every_chunk_and_sentence(settings, embedder):
     assert report.embedded_sentences == len(index.chunk_rows_of_sentence)
     assert len(embedder.embedded_passages) == report.embedded_chunks + report.embedded_sentences
     assert_consistent(index)
+
+
+@pytest.mark.parametrize("index_type", ["flat", "ivfpq"])
+def test_texts_are_embedded_in_length_order_and_each_vector_stays_with_its_id(settings, embedder, index_type):
+    """Sorted by length so batches pad less (bench/RESULTS.md); the order must not mix up ids."""
+    report, index = build(settings.with_(index_type=index_type), embedder)
+    n = report.embedded_chunks
+    for texts in (embedder.embedded_passages[:n], embedder.embedded_passages[n:]):
+        assert [len(t) for t in texts] == sorted(len(t) for t in texts)
+    ids = np.array(sorted(index.row_of_id), dtype=np.int64)
+    by_id = {int_id(c.chunk_id): c for c in index.chunks}
+    want = np.stack([embedder.embed_passages([by_id[i].search_text])[0] for i in ids.tolist()])
+    assert np.allclose(index.chunk_vectors.get(ids), want, atol=1e-6)
 
 
 def test_a_refresh_without_changes_embeds_nothing_and_writes_nothing(settings, embedder):
@@ -122,11 +138,28 @@ def test_adding_a_document_embeds_only_the_new_one(settings, embedder):
     assert_consistent(index)
 
 
-def test_removing_every_document_leaves_an_empty_loadable_index(settings, embedder):
+def test_an_emptied_corpus_folder_is_refused_and_the_index_kept(settings, embedder):
+    """An unmounted or mistyped folder looks empty: it must not wipe the index."""
+    _, before = build(settings, embedder)
+    for name in ALL_DOCS:
+        (settings.corpus_dir / name).unlink()
+    (settings.corpus_dir / "notes.pdf").write_bytes(b"%PDF")  # not a document type: still empty
+    for rebuild in (False, True):
+        with pytest.raises(CorpusEmptyError) as info:
+            refresh_index(settings, embedder, rebuild=rebuild)
+        message = str(info.value)
+        assert f"{settings.corpus_dir} has no readable documents" in message
+        assert "the index holds 4" in message and "--allow-empty" in message
+        after = load_index(settings.index_dir, embedder)
+        assert after.path == before.path and sorted(after.documents) == ALL_DOCS
+
+
+def test_removing_every_document_with_allow_empty_leaves_an_empty_loadable_index(settings, embedder):
     build(settings, embedder)
     for name in ALL_DOCS:
         (settings.corpus_dir / name).unlink()
-    report, index = build(settings, embedder)
+    report = refresh_index(settings, embedder, allow_empty=True)
+    index = load_index(settings.index_dir, embedder)
     assert report.removed == ALL_DOCS
     assert index.chunks == []
     assert len(index.chunk_vectors) == 0
@@ -168,6 +201,47 @@ def test_loading_with_another_model_or_dimension_says_to_rebuild(settings, embed
     assert "fake-hash-64" in str(info.value)
 
 
+def assert_bm25_matches_its_terms(index) -> None:
+    """The saved matrix scores exactly as one built now from the stored terms would."""
+    fresh = BM25(index.terms)
+    assert index.bm25.vocabulary == fresh.vocabulary
+    assert index.bm25.n_docs == fresh.n_docs == len(index.chunks)
+    for term in list(fresh.vocabulary)[:50] + ["quasar", "zeppelin", "长三角"]:
+        assert np.array_equal(index.bm25.scores([term]), fresh.scores([term])), term
+
+
+def test_the_bm25_matrix_is_saved_with_the_index_and_follows_refreshes(settings, embedder):
+    _, index = build(settings, embedder)
+    assert not index.bm25.idf.flags.writeable  # memory-mapped from bm25.bin, not rebuilt at load
+    assert_bm25_matches_its_terms(index)
+    assert bm25_docs(index, "quasar") == {"beta.md"}
+    # idf depends on every document: an added document must change the saved weights of the others.
+    (settings.corpus_dir / "more.txt").write_text("Quasar notes\nAnother quasar was seen.\n", encoding="utf-8")
+    _, after = build(settings, embedder)
+    assert after.bm25.idf_of("quasar") < index.bm25.idf_of("quasar")
+    assert_bm25_matches_its_terms(after)
+    assert bm25_docs(after, "quasar") == {"beta.md", "more.txt"}
+
+
+def test_an_index_of_the_previous_format_says_to_rebuild_and_refresh_rebuilds_it(settings, embedder):
+    """Format 2 indexes had no saved BM25 matrix: they are refused by name, not half-loaded."""
+    build(settings, embedder)
+    generation = current_generation(settings.index_dir)
+    manifest_path = generation / "manifest.json"
+    manifest = json.loads(manifest_path.read_text("utf-8"))
+    manifest["format"] = 2
+    for name in ("bm25.json", "bm25.bin"):
+        del manifest["checksums"][name]
+        (generation / name).unlink()
+    manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
+    (settings.index_dir / "CURRENT").write_text(generation.name, encoding="utf-8")
+    with pytest.raises(IndexMismatchError, match=r"index format 2 is not 3\. Run `rag index --rebuild`"):
+        load_index(settings.index_dir, embedder)
+    report, index = build(settings, embedder)
+    assert "could not be read" in report.rebuilt_because and report.added == ALL_DOCS
+    assert_bm25_matches_its_terms(index)
+
+
 def test_loading_a_missing_index_says_to_build_one(tmp_path, embedder):
     with pytest.raises(IndexMissingError, match="rag index"):
         load_index(tmp_path / "nothing-here", embedder)
@@ -179,7 +253,7 @@ def flip_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("name", ["chunks.faiss", "chunks.jsonl", "sentences.faiss"])
+@pytest.mark.parametrize("name", ["chunks.faiss", "chunks.jsonl", "sentences.faiss", "bm25.json", "bm25.bin"])
 def test_a_damaged_index_file_is_named_on_load(settings, embedder, name):
     build(settings, embedder)
     flip_byte(current_generation(settings.index_dir) / name)
@@ -189,7 +263,7 @@ def test_a_damaged_index_file_is_named_on_load(settings, embedder, name):
     assert "rag index --rebuild" in str(info.value)
 
 
-@pytest.mark.parametrize("name", ["chunks.faiss", "chunks.jsonl", "sentences.faiss"])
+@pytest.mark.parametrize("name", ["chunks.faiss", "chunks.jsonl", "sentences.faiss", "bm25.json", "bm25.bin"])
 def test_a_missing_index_file_is_named_on_load(settings, embedder, name):
     build(settings, embedder)
     (current_generation(settings.index_dir) / name).unlink()
@@ -245,7 +319,7 @@ def test_manifest_records_model_versions_hashes_and_times(settings, embedder):
     created = datetime.fromisoformat(manifest["created"])
     assert created.tzinfo is not None
     assert datetime.fromisoformat(manifest["updated"]) >= created
-    assert set(manifest["checksums"]) == {"chunks.jsonl", "chunks.faiss", "sentences.faiss"}
+    assert set(manifest["checksums"]) == {"chunks.jsonl", "chunks.faiss", "sentences.faiss", "bm25.json", "bm25.bin"}
 
     (settings.corpus_dir / "beta.md").unlink()
     _, after = build(settings, embedder)

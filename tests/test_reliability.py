@@ -26,7 +26,7 @@ import rag.indexing
 from rag import cli
 from rag.assistant import MAX_QUESTION_CHARS, Assistant, QuestionError
 from rag.chat import escape_markdown, format_answer, sources_html
-from rag.config import PROJECT_ROOT
+from rag.config import PROJECT_ROOT, Settings
 from rag.indexing import (
     IndexError_,
     IndexMismatchError,
@@ -161,7 +161,43 @@ DOCUMENT_CASES = {
         utf8_with_a_dropped_byte(),
         ("skipped", r"invalid UTF-8 at byte 40"),
     ),
-    "Latin-1 text": ("latin1.txt", "café au lait, naïve façade\n".encode("latin-1"), ("skipped", r"not valid UTF-8")),
+    "Latin-1 text": (
+        "latin1.txt",
+        "Café au lait, naïve façade, Müller\n".encode("latin-1"),
+        ("indexed", "naïve façade"),
+    ),
+    "cp1252 text with curly quotes": (
+        "cp1252.txt",
+        "“Smart” quotes – and an œuvre for 5 €, señor\n".encode("cp1252"),
+        ("indexed", "“Smart” quotes – and an œuvre for 5 €"),
+    ),
+    "Latin-1 bytes that GBK also decodes": (
+        # Every accented letter followed by a letter: a valid GBK byte pair, read as Latin-1 all the same.
+        "latin1-gbk.txt",
+        "Die Bäume blühen, schöne Grüße aus Köln\n".encode("latin-1"),
+        ("indexed", "schöne Grüße aus Köln"),
+    ),
+    "control bytes in a single-byte file": (
+        "c1.txt",
+        b"Report\n" + bytes(range(0x80, 0xA0)) * 4,
+        ("skipped", r"not valid UTF-8"),
+    ),
+    "UTF-16 LE without BOM": (
+        "utf16le-nobom.txt",
+        "UTF-16 notes\n长三角 lighthouse keeper\n".encode("utf-16-le"),
+        ("indexed", "长三角 lighthouse keeper"),
+    ),
+    "UTF-16 LE without BOM, Chinese": (
+        # 一 (U+4E00) puts NULs on the other side of the byte pairs too.
+        "utf16-zh-nobom.txt",
+        ("长三角一体化发展高层论坛举行，一共展示了585项成果。\n" * 3).encode("utf-16-le"),
+        ("indexed", "一共展示了585项成果"),
+    ),
+    "UTF-16 BE without BOM": (
+        "utf16be-nobom.md",
+        "Big-endian notes 大端 about the lighthouse\n".encode("utf-16-be"),
+        ("indexed", "大端 about the lighthouse"),
+    ),
     "GBK Chinese": ("gbk.txt", CHINESE.encode("gbk"), ("indexed", "其中浙江165项")),
     "GB18030 Chinese (beyond GBK)": ("gb18030.txt", (CHINESE + "𠀀 €\n").encode("gb18030"), ("indexed", "𠀀 €")),
     "GBK English with curly quotes": (
@@ -246,10 +282,10 @@ def test_a_file_deleted_before_it_is_read_is_skipped_by_name(settings, embedder,
     (settings.corpus_dir / "gone.txt").write_text("Soon deleted.\n", encoding="utf-8")
     real_load = rag.documents.load_document
 
-    def delete_then_load(path, doc_id):
+    def delete_then_load(path, doc_id, *args):
         if doc_id == "gone.txt":
             path.unlink()  # listed, then deleted before it is opened
-        return real_load(path, doc_id)
+        return real_load(path, doc_id, *args)
 
     monkeypatch.setattr(rag.documents, "load_document", delete_then_load)
     assistant = Assistant(settings, embedder)
@@ -314,6 +350,38 @@ def test_a_missing_corpus_folder_is_a_clear_error_and_keeps_an_existing_index(se
     assert code == 0, err
     assert "does not exist" in err and "answering from the existing index" in err
     assert ANSWERABLE[0][2] in out
+
+
+def test_an_empty_corpus_folder_is_refused_by_rag_index_unless_allowed(settings, fake_model, capsys, tmp_path):
+    flags = ["--corpus", str(settings.corpus_dir), "--index-dir", str(settings.index_dir)]
+    assert run_cli(capsys, "index", *flags)[0] == 0
+    generation = current_generation(settings.index_dir)
+    for name in GOOD_DOCS:  # as an unmounted drive's mount point looks
+        (settings.corpus_dir / name).unlink()
+    for extra in ([], ["--rebuild"]):
+        code, _, err = run_cli(capsys, "index", *flags, *extra)
+        assert code == 1
+        assert "has no readable documents, but the index holds 4" in err and "--allow-empty" in err
+        assert current_generation(settings.index_dir) == generation
+    code, out, err = run_cli(capsys, "ask", *flags, ANSWERABLE[0][0])
+    assert code == 0, err
+    assert "answering from the existing index" in err and ANSWERABLE[0][2] in out
+
+    code, out, err = run_cli(capsys, "index", *flags, "--allow-empty")
+    assert code == 0, err
+    assert "removed 4" in out
+    assert load_index(settings.index_dir, fake_model).documents == {}
+
+
+def test_the_document_size_limit_is_a_setting(settings, embedder, monkeypatch):
+    (settings.corpus_dir / "big.txt").write_text("Lighthouse keeper notes.\n" * 50_000, encoding="utf-8")  # 1.2 MB
+    monkeypatch.setenv("RAG_MAX_DOCUMENT_MB", "0.5")
+    limited = Settings.from_env(corpus_dir=settings.corpus_dir, index_dir=settings.index_dir)
+    report = refresh_index(limited, embedder)
+    assert [(e.doc_id, e.reason) for e in report.skipped] == [
+        ("big.txt", "1 MB, larger than the 0.5 MB limit: split it, or raise RAG_MAX_DOCUMENT_MB")
+    ]
+    assert refresh_index(limited.with_(max_document_mb=2), embedder).added == ["big.txt"]
 
 
 def test_an_index_from_another_model_is_named_and_rebuilt(settings, embedder, make_embedder):
@@ -381,7 +449,7 @@ def flip_byte(path: Path) -> None:
 
 
 DAMAGES = {"truncated": truncate, "flipped byte": flip_byte, "missing": Path.unlink}
-INDEX_FILES = ["manifest.json", "chunks.jsonl", "chunks.faiss", "sentences.faiss"]
+INDEX_FILES = list(rag.indexing._FILES)  # every file of a generation, including bm25.json and bm25.bin
 
 
 @pytest.mark.parametrize("damage", DAMAGES)
@@ -660,3 +728,20 @@ def test_a_file_that_becomes_unreadable_records_it_without_re_embedding(settings
     assert not report.changed and [e.doc_id for e in report.skipped] == ["binary.txt"]
     assert report.embedded_chunks == 0
     assert not assistant.is_stale()
+
+
+def test_a_model_load_error_ending_in_a_full_stop_reads_as_one_sentence(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from rag.embeddings import EmbeddingModelError, _load_sentence_transformer
+
+    def refuse(path, device):
+        raise OSError("no-such-model is not a valid model identifier.")
+
+    quiet = SimpleNamespace(set_verbosity_error=lambda: None, disable_progress_bar=lambda: None)
+    monkeypatch.setitem(sys.modules, "sentence_transformers", SimpleNamespace(SentenceTransformer=refuse))
+    monkeypatch.setitem(sys.modules, "transformers", SimpleNamespace(logging=quiet))
+    with pytest.raises(EmbeddingModelError) as info:
+        _load_sentence_transformer.__wrapped__("no-such-model", str(tmp_path))
+    assert "valid model identifier. Use a local" in str(info.value)
+    assert ".." not in str(info.value)
