@@ -113,13 +113,13 @@ def language_of(text: str) -> str:
     return "zh" if is_chinese(text) else "en"
 
 
-def evidence_score(index: Index, retrieval: Retrieval, best_sentence: float) -> float:
+def evidence_score(index: Index, retrieval: Retrieval, best_sentence: float, words: QueryWords | None = None) -> float:
     """How well the passages support answering: the best sentence's score, less what they lack.
 
     Off-topic questions ("Who won the 2022 FIFA World Cup?") still find sentences with a fair
     cosine, but ask about words the documents never mention, in either language.
     """
-    words = QueryWords.of(retrieval.query, index.bm25, retrieval.translation_groups)
+    words = words or QueryWords.of(retrieval.query, index.bm25, retrieval.translation_groups)
     passage_coverage = max((words.coverage(set(index.terms[h.row])) for h in retrieval.hits), default=0.0)
     return (
         best_sentence - UNKNOWN_PENALTY * words.unknown_share(index.bm25) - UNCOVERED_PENALTY * (1.0 - passage_coverage)
@@ -158,12 +158,12 @@ def extractive_answer(
     language = language_of(question)
     titles = {doc_id: meta.get("title", doc_id) for doc_id, meta in index.documents.items()}
     ranked = score_sentences(index, retrieval)
-    evidence = evidence_score(index, retrieval, ranked[0].score) if ranked else 0.0
+    words = QueryWords.of(retrieval.query, index.bm25, retrieval.translation_groups)
+    evidence = evidence_score(index, retrieval, ranked[0].score, words) if ranked else 0.0
     if not ranked or evidence < abstain_threshold:
         nearest = [_citation(i + 1, h, titles.get(h.chunk.doc_id, "")) for i, h in enumerate(retrieval.hits[:3])]
         return Answer(question, NOT_FOUND[language], True, [], nearest, evidence=evidence, language=language)
 
-    words = QueryWords.of(retrieval.query, index.bm25, retrieval.translation_groups)
     chosen = pick_sentences(ranked, words.weights, max_sentences)
     # Quote in document order within a passage, passages in order of first use.
     chosen.sort(key=lambda s: (s.hit_rank, s.start))
