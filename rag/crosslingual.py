@@ -202,7 +202,7 @@ _STEM_INDEXES: list[tuple[Collection[str], dict[str, list[str]]]] = []
 
 
 def _stem_index(known: Collection[str]) -> dict[str, list[str]]:
-    """English words of `known` by stem."""
+    """English words of `known` by stem (its keys: the stems the vocabulary holds)."""
     for vocabulary, index in _STEM_INDEXES:
         if vocabulary is known:
             return index
@@ -330,11 +330,6 @@ def content_words(query: str) -> list[str]:
     return list(dict.fromkeys(words))
 
 
-@functools.lru_cache(maxsize=4)
-def _vocabulary_stems(bm25: BM25) -> frozenset[str]:
-    return frozenset(stem(t) for t in bm25.vocabulary if t.isascii() and t.isalpha())
-
-
 @dataclass(frozen=True)
 class QueryWords:
     """A question's content words, each with the forms a text may use for it, in either language.
@@ -436,7 +431,7 @@ class QueryWords:
         total = sum(self.weights.values())
         if not total:
             return 0.0
-        vocabulary, stems = bm25.vocabulary, _vocabulary_stems(bm25)
+        vocabulary, stems = bm25.vocabulary, _stem_index(bm25.vocabulary)
         found = {
             word
             for word, forms in self.whole.items()
