@@ -219,7 +219,9 @@ def translations(query: str, known: Collection[str] | None = None, dictionary: d
     """Other-language terms for each term of `query`: {query term: {translation: weight in (0, 1]}}.
 
     Pinyin of the query's Chinese words (and of adjacent pairs, since jieba splits names it does
-    not know: 汪力|成 -> "wanglicheng"), joined romanised names, and dictionary translations.
+    not know: 汪力|成 -> "wanglicheng"; and of a one-character word with its neighbours'
+    characters, since it also joins a name's end to the next word: 龚|正在 -> "gongzheng"),
+    joined romanised names, and dictionary translations.
     `known` (the index's vocabulary) drops candidates no passage could match.
     """
     own = tokenize(query)
@@ -238,6 +240,21 @@ def translations(query: str, known: Collection[str] | None = None, dictionary: d
     for a, b in zip(plain, plain[1:]):
         if a not in STOPWORDS and b not in STOPWORDS:
             add(a, pinyin(a + b), 1.0)
+    # A one-character word is often part of a name that jieba joined to the next word instead
+    # (龚正在 "Gong Zheng is" -> 龚|正在): its pinyin with the nearest characters on either side.
+    for i, word in enumerate(plain):
+        if len(word) == 1 and word not in STOPWORDS:
+            before = plain[i - 1][-2:] if i else ""
+            after = plain[i + 1][:2] if i + 1 < len(plain) else ""
+            for window in {
+                before[-1:] + word,
+                before + word,
+                word + after[:1],
+                word + after,
+                before[-1:] + word + after[:1],
+            }:
+                if len(window) > 1:
+                    add(word, pinyin(window), 1.0)
     for name in joined_names(query):
         add(name, name, 1.0)
     for translated in (english_to_chinese(query, known, dictionary), chinese_to_english(query, known, dictionary)):

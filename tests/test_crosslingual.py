@@ -77,6 +77,19 @@ def test_query_expansion_joins_pinyin_of_names_jieba_splits():
     assert not set(expansion) & set(tokenize("汪力成是哪家公司的董事长?"))
 
 
+def test_query_expansion_joins_a_one_character_word_with_its_neighbours_characters():
+    # jieba cuts 龚正在 ("Gong Zheng is") as 龚|正在: the name is 龚 and the first character after it.
+    known = {"gongzheng", "shanghai"}
+    assert translations("龚正在上海担任什么职务?", known=known, dictionary=DICTIONARY) == {
+        "龚": {"gongzheng": 1.0},
+        "上海": {"shanghai": 1.0},
+    }
+    # A one-character stopword is no name: 的 beside 公司 gives nothing.
+    assert query_expansion("公司的董事长", known={"gongsi", "gongside", "side"}, dictionary=DICTIONARY) == {
+        "gongsi": 1.0
+    }
+
+
 def test_own_coverage_is_high_when_a_passage_says_what_the_question_says():
     bm25 = BM25([["hefei", "symposium"], ["合肥", "座谈会", "hefei"]])
     assert own_coverage(bm25, ["hefei", "symposium"]) == pytest.approx(1.0)
