@@ -21,6 +21,7 @@ from rag.chunking import Chunk
 from rag.crosslingual import QueryWords
 from rag.documents import is_chinese
 from rag.indexing import Index
+from rag.rerank import SentenceJudge
 from rag.retrieval import Hit, Retrieval, pick_sentences, score_sentences
 
 NOT_FOUND = {
@@ -147,6 +148,8 @@ def extractive_answer(
     question: str,
     abstain_threshold: float,
     max_sentences: int = 2,
+    judge: SentenceJudge | None = None,
+    judged: int = 0,
 ) -> Answer:
     """Quote the `max_sentences` best-scoring sentences with `[n]` markers, or abstain on weak evidence.
 
@@ -157,9 +160,11 @@ def extractive_answer(
     """
     language = language_of(question)
     titles = {doc_id: meta.get("title", doc_id) for doc_id, meta in index.documents.items()}
-    ranked = score_sentences(index, retrieval)
+    ranked = score_sentences(index, retrieval, judge, judged)
     words = QueryWords.of(retrieval.query, index.bm25, retrieval.translation_groups)
-    evidence = evidence_score(index, retrieval, ranked[0].score, words) if ranked else 0.0
+    # Abstention was calibrated on the scores before the judge, which reorders but does not grade.
+    best = max((s.score - s.judged for s in ranked), default=0.0)
+    evidence = evidence_score(index, retrieval, best, words) if ranked else 0.0
     if not ranked or evidence < abstain_threshold:
         nearest = [_citation(i + 1, h, titles.get(h.chunk.doc_id, "")) for i, h in enumerate(retrieval.hits[:3])]
         return Answer(question, NOT_FOUND[language], True, [], nearest, evidence=evidence, language=language)

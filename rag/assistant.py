@@ -20,6 +20,7 @@ from rag.documents import iter_document_paths
 from rag.embeddings import Embedder, load_embedder
 from rag.indexing import Index, RefreshReport, load_index, read_manifest, refresh_index
 from rag.llm import LLMAnswerer, LLMError, final_answer, llm_configured
+from rag.rerank import load_judge
 from rag.retrieval import Retrieval, retrieve
 
 
@@ -31,6 +32,8 @@ class Assistant:
         self._refresh_lock = threading.Lock()
         # With an LLM server configured, answers are generated, verified, and fall back to quotes.
         self.llm = LLMAnswerer(settings, self.embedder) if llm_configured(settings) else None
+        # A second, cross-lingual opinion on the best sentences (rag.rerank); its model loads on first use.
+        self.judge = load_judge() if settings.rerank_sentences > 0 else None
 
     # ------------------------------------------------------------------ index
 
@@ -77,7 +80,13 @@ class Assistant:
 
     def retrieve(self, question: str) -> Retrieval:
         s = self.settings
-        return retrieve(self.index, self.embedder, question, s.top_k, s.candidates, s.rrf_k)
+        return self._retrieve(self.index, question, s.top_k)
+
+    def _retrieve(self, index: Index, query: str, top_k: int) -> Retrieval:
+        s = self.settings
+        return retrieve(
+            index, self.embedder, query, top_k, s.candidates, s.rrf_k, judge=self.judge, judged=s.rerank_sentences
+        )
 
     def ask(self, question: str, history: Sequence[str] = ()) -> Answer:
         return self.ask_detailed(question, history=history)[0]
@@ -92,7 +101,7 @@ class Assistant:
         s = self.settings
         started = time.perf_counter()
         query = self.standalone_query(question, history)
-        retrieval = retrieve(index, self.embedder, query, max(s.top_k, depth), s.candidates, s.rrf_k)
+        retrieval = self._retrieve(index, query, max(s.top_k, depth))
         shown = replace(retrieval, hits=retrieval.hits[: s.top_k])
         retrieved = time.perf_counter()
         answer = self._answer(index, shown, question, query)
@@ -114,7 +123,7 @@ class Assistant:
         s = self.settings
         started = time.perf_counter()
         query = self.standalone_query(question, history)
-        retrieval = retrieve(index, self.embedder, query, s.top_k, s.candidates, s.rrf_k)
+        retrieval = self._retrieve(index, query, s.top_k)
         retrieved = time.perf_counter()
         answer = self._answer(index, retrieval, question, query)
         if self.llm is not None:
@@ -131,14 +140,18 @@ class Assistant:
         sentences are then chosen by the follow-up itself from the same passages.
         """
         s = self.settings
-        answer = extractive_answer(index, retrieval, query, s.abstain_threshold, s.max_answer_sentences)
+        answer = extractive_answer(
+            index, retrieval, query, s.abstain_threshold, s.max_answer_sentences, self.judge, s.rerank_sentences
+        )
         if query == question:
             return answer
         if answer.abstained:
             return replace(answer, question=question, query=query)
-        own = retrieve(index, self.embedder, question, 1, s.candidates, s.rrf_k)
+        own = self._retrieve(index, question, 1)
         focused = replace(own, hits=retrieval.hits)
-        chosen = extractive_answer(index, focused, question, float("-inf"), s.max_answer_sentences)
+        chosen = extractive_answer(
+            index, focused, question, float("-inf"), s.max_answer_sentences, self.judge, s.rerank_sentences
+        )
         return replace(chosen, evidence=answer.evidence, query=query)
 
     def _generate(self, index: Index, retrieval: Retrieval, question: str, extractive: Answer):

@@ -7,11 +7,12 @@ translation (rag.crosslingual) finds passages in the other language. RRF needs n
 calibration between them. Trade-off: a chunk found by one list only ranks below one that two
 lists agree on, even when that one list was sure.
 
-The first few fused passages are then reordered by their best sentence (score_sentences: cosine
-lifted across languages, the share of the question's words held in either language, a number
-when one is asked for, more so next to one of the question's words), which is also how
-rag.answer picks the sentences it quotes. Trade-off:
-the sentences of those passages are scored twice, once here and once for the answer.
+The first few fused passages, and the translated list's first passage wherever fusion put it,
+are then reordered by their best sentence (score_sentences: cosine lifted across languages, the
+share of the question's words held in either language, a number when one is asked for, more so
+next to one of the question's words), which is also how rag.answer picks the sentences it
+quotes. Trade-off: the sentences of those passages are scored twice, once here and once for the
+answer.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from rag.documents import is_chinese, normalize
 from rag.embeddings import Embedder
 from rag.indexing import Index, sentence_key
 from rag.lexical import tokenize
+from rag.rerank import SentenceJudge
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,9 @@ NOVELTY_WEIGHT = 0.15
 # When a number is asked for and one of the question's words stands next to a number the question
 # does not hold ("江苏127项" for "how many ... from Jiangsu"): that number likely answers it.
 NEAR_NUMBER_WEIGHT = 0.06
+# The cross-lingual sentence judge (rag.rerank) moves each of the best few sentences by this times
+# how much closer to the question it finds that sentence than the average of them.
+JUDGE_WEIGHT = 0.3
 _NEAR = {True: 8, False: 40}  # characters between word and number: Chinese text, other text
 # "How many", "what share", 多少, 几项 ...: the answer is a number.
 _ASKS_FOR_NUMBER = re.compile(
@@ -94,6 +99,7 @@ class ScoredSentence:
     text: str
     score: float
     words: frozenset[str] = frozenset()  # the question's content words it holds (QueryWords.found)
+    judged: float = 0.0  # what the sentence judge added to (or took from) its score; see judge_sentences
 
 
 def pick_sentences(ranked: Sequence[ScoredSentence], weights: dict[str, float], n: int) -> list[ScoredSentence]:
@@ -151,8 +157,31 @@ def sentence_terms(text: str) -> tuple[frozenset[str], frozenset[str]]:
     return terms, frozenset(stem(t) for t in terms if t.isascii() and t.isalpha())
 
 
-def score_sentences(index: Index, retrieval: Retrieval) -> list[ScoredSentence]:
-    """Every sentence of the retrieved passages with its score for the question, best first."""
+def judge_sentences(
+    ranked: Sequence[ScoredSentence], question: str, judge: SentenceJudge, n: int
+) -> list[ScoredSentence]:
+    """`ranked` with its first `n` rescored by `judge`, best first.
+
+    Each of them gains JUDGE_WEIGHT x (its similarity to the question - their mean similarity):
+    the judge reorders them but, on average, leaves their scores where they were, so they stay
+    comparable with the sentences it did not see.
+    """
+    head = list(ranked[:n])
+    if not head:
+        return list(ranked)
+    similarity = judge.similarities(question, [s.text for s in head])
+    shifts = JUDGE_WEIGHT * (similarity - similarity.mean())
+    head = [replace(s, score=s.score + float(d), judged=float(d)) for s, d in zip(head, shifts)]
+    return sorted(head + list(ranked[n:]), key=lambda s: -s.score)
+
+
+def score_sentences(
+    index: Index, retrieval: Retrieval, judge: SentenceJudge | None = None, judged: int = 0
+) -> list[ScoredSentence]:
+    """Every sentence of the retrieved passages with its score for the question, best first.
+
+    With a `judge`, the best `judged` of them are then reordered by it (judge_sentences).
+    """
     weights = _term_weights(index, retrieval.query_terms, retrieval.translated_terms)
     total_weight = sum(weights.values()) or 1.0
     own_terms = set(retrieval.query_terms)
@@ -186,10 +215,15 @@ def score_sentences(index: Index, retrieval: Retrieval) -> list[ScoredSentence]:
             if number_near_words(normalized, retrieval.query, words):
                 score += NEAR_NUMBER_WEIGHT
         candidates[key] = ScoredSentence(rank, hit, start, end, text, score, frozenset(found))
-    return sorted(candidates.values(), key=lambda s: -s.score)
+    ranked = sorted(candidates.values(), key=lambda s: -s.score)
+    if judge is not None and judged > 0:
+        ranked = judge_sentences(ranked, retrieval.query, judge, judged)
+    return ranked
 
 
-def rerank_by_sentences(index: Index, retrieval: Retrieval, depth: int) -> Retrieval:
+def rerank_by_sentences(
+    index: Index, retrieval: Retrieval, depth: int, judge: SentenceJudge | None = None, judged: int = 0
+) -> Retrieval:
     """The first `depth` hits reordered by their best sentence's score (see score_sentences).
 
     Fusion ranks a passage by how much of it is about the question; this asks whether one of
@@ -197,7 +231,7 @@ def rerank_by_sentences(index: Index, retrieval: Retrieval, depth: int) -> Retri
     """
     head = replace(retrieval, hits=retrieval.hits[:depth])
     best: dict[int, float] = {}
-    for sentence in score_sentences(index, head):
+    for sentence in score_sentences(index, head, judge, judged):
         best.setdefault(sentence.hit_rank, sentence.score)
     order = sorted(range(len(head.hits)), key=lambda rank: -best.get(rank, float("-inf")))
     return replace(retrieval, hits=[head.hits[rank] for rank in order] + retrieval.hits[depth:])
@@ -221,6 +255,8 @@ def retrieve(
     rrf_k: int = 60,
     weights: FusionWeights = FusionWeights(),
     rerank_depth: int = 8,
+    judge: SentenceJudge | None = None,
+    judged: int = 0,
 ) -> Retrieval:
     query = normalize(question)
     query_vector = embedder.embed_queries([query])[0]
@@ -263,17 +299,28 @@ def retrieve(
         [weights.chunks, weights.sentences, weights.lexical, weights.translated * gate],
         rrf_k,
     )
+    rows = [row for row, _ in fused[: max(top_k, rerank_depth)]]
+    depth = rerank_depth
+    # The translated list is the only one that finds an other-language passage by its words, and
+    # fusion ranks a passage that one list found below those several lists agree on: its first
+    # passage joins the reranked head, so its sentences, not its fused rank, decide.
+    if rerank_depth and len(translated_rows) and int(translated_rows[0]) not in rows[:rerank_depth]:
+        first = int(translated_rows[0])
+        rows = [row for row in rows if row != first]
+        rows.insert(rerank_depth, first)
+        depth += 1
+    fused_score = dict(fused)
     hits = [
         Hit(
             chunk=index.chunks[row],
             row=row,
-            score=score,
+            score=fused_score[row],
             dense=dense_best.get(row, 0.0),
             lexical=lexical_of.get(row, 0.0),
         )
-        for row, score in fused[: max(top_k, rerank_depth)]
+        for row in rows
     ]
     retrieval = rerank_by_sentences(
-        index, Retrieval(query, query_vector, terms, hits, translated, groups), rerank_depth
+        index, Retrieval(query, query_vector, terms, hits, translated, groups), depth, judge, judged
     )
     return replace(retrieval, hits=retrieval.hits[:top_k])

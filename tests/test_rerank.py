@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+
+from rag.answer import extractive_answer
+from rag.assistant import Assistant
+from rag.retrieval import JUDGE_WEIGHT, ScoredSentence, judge_sentences, retrieve, score_sentences
+
+
+class FakeJudge:
+    """Finds a sentence as similar to the question as the share of the question's words it holds."""
+
+    name = "fake-judge"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[str]]] = []
+
+    def similarities(self, question, sentences):
+        self.calls.append((question, list(sentences)))
+        asked = set(question.lower().rstrip("?").split())
+        return np.array([len(asked & set(s.lower().rstrip(".").split())) / len(asked) for s in sentences])
+
+
+def _sentence(text: str, score: float) -> ScoredSentence:
+    return ScoredSentence(0, None, 0, len(text), text, score)
+
+
+def test_the_judge_reorders_the_best_sentences_and_leaves_their_mean_and_the_rest():
+    ranked = [
+        _sentence("The club met on Friday.", 0.80),
+        _sentence("The telescope saw a quasar.", 0.78),
+        _sentence("Members like tea.", 0.50),
+    ]
+    judge = FakeJudge()
+    judged = judge_sentences(ranked, "What did the telescope see", judge, n=2)
+    assert [s.text for s in judged] == ["The telescope saw a quasar.", "The club met on Friday.", "Members like tea."]
+    assert judge.calls == [("What did the telescope see", ["The club met on Friday.", "The telescope saw a quasar."])]
+    # Similarities 2/5 and 1/5 ("the", "telescope" of 5 words; "the"), around their mean 3/10.
+    assert judged[0].judged == pytest.approx(JUDGE_WEIGHT * 0.1)
+    assert judged[1].judged == pytest.approx(-JUDGE_WEIGHT * 0.1)
+    assert sum(s.score for s in judged[:2]) == pytest.approx(0.80 + 0.78)
+    assert judged[2] == ranked[2]
+    assert judge_sentences([], "anything", judge, n=2) == []
+
+
+def test_the_judge_reorders_retrieval_and_answers_but_not_the_evidence(settings, embedder):
+    assistant = Assistant(settings, embedder)
+    assistant.refresh()
+    index = assistant.index
+    question = "When is the sky clear for the club?"
+    plain = retrieve(index, embedder, question, top_k=3)
+    judge = FakeJudge()
+    judged = retrieve(index, embedder, question, top_k=3, judge=judge, judged=4)
+    assert judge.calls and all(len(sentences) <= 4 for _, sentences in judge.calls)
+    assert {h.row for h in judged.hits} <= {h.row for h in retrieve(index, embedder, question, top_k=10).hits}
+    without = extractive_answer(index, plain, question, settings.abstain_threshold)
+    with_judge = extractive_answer(index, plain, question, settings.abstain_threshold, judge=judge, judged=4)
+    assert with_judge.evidence == pytest.approx(without.evidence)
+    assert score_sentences(index, plain, judge, 4)[0].judged != 0.0
+
+
+def test_the_assistant_asks_the_judge_unless_it_is_turned_off(settings, embedder, monkeypatch):
+    import rag.assistant
+
+    judge = FakeJudge()
+    monkeypatch.setattr(rag.assistant, "load_judge", lambda: judge)
+    on = Assistant(settings.with_(rerank_sentences=3), embedder)
+    on.refresh()
+    on.ask("What did the club observe through the new telescope?")
+    assert judge.calls and all(len(sentences) <= 3 for _, sentences in judge.calls)
+    assert Assistant(settings.with_(rerank_sentences=0), embedder).judge is None
+
+
+@pytest.mark.slow
+def test_the_universal_sentence_encoder_matches_meaning_across_languages():
+    from rag.rerank import load_judge
+
+    judge = load_judge()
+    question = "How many major scientific and technological achievements did the forum show?"
+    answer = "论坛集中展示了长三角地区近年来取得的585项重大科技成果。"
+    unrelated = "会议要求共同加强生态环境保护,打造环太湖生态文化旅游圈。"
+    similarity = judge.similarities(question, [answer, unrelated])
+    assert similarity[0] > similarity[1] + 0.1
+    reverse = judge.similarities(
+        "论坛展示了多少项重大科技成果?", ["The forum showed 585 major achievements.", "Tea grows on terraces."]
+    )
+    assert reverse[0] > reverse[1] + 0.1
+    # Sentences already seen are not encoded again.
+    encoded = []
+    model = judge._load()
+    real_encode = model.encode
+    model.encode = lambda texts: encoded.extend(texts) or real_encode(texts)
+    try:
+        judge.similarities(question, [answer, "A sentence it has not seen."])
+    finally:
+        model.encode = real_encode
+    assert encoded == ["A sentence it has not seen."]
