@@ -73,6 +73,11 @@ class UniversalSentenceEncoder:
                 self._cache.popitem(last=False)
             return out
 
+    def clear_cache(self) -> None:
+        """Forget every vector (bench/latency.py --cold-judge measures the judge on unseen text)."""
+        with self._lock:
+            self._cache.clear()
+
     def similarities(self, question: str, sentences: Sequence[str]) -> np.ndarray:
         vectors = self.vectors([question, *sentences])
         return vectors[1:] @ vectors[0]
