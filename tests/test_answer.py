@@ -3,7 +3,7 @@ from dataclasses import replace
 
 import pytest
 
-from rag.answer import Answer, Citation, check_citations, cited_numbers, language_of
+from rag.answer import Answer, Citation, asks_two_things, check_citations, cited_numbers, language_of
 from rag.assistant import MAX_QUESTION_CHARS, Assistant, QuestionError, validate_question
 from rag.retrieval import score_sentences
 
@@ -179,3 +179,24 @@ def test_the_answer_quotes_the_two_best_sentences(assistant):
     answer = assistant.ask("论坛集中展示了多少项重大科技成果?")
     assert sum(len(c.quoted) for c in answer.citations) == 2
     assert "585" in answer.answer
+
+
+@pytest.mark.parametrize(
+    ("question", "two"),
+    [
+        ("How many achievements did the forum show, and how many came from Zhejiang?", True),
+        ("Which city hosted the symposium, and in which month?", True),
+        ("论坛展示了多少项成果?其中浙江有多少项?", True),
+        ("How many achievements did the forum show?", False),
+        ("Tea and rice: which grows on the terraces?", False),
+        ("论坛展示了多少项成果??", False),
+    ],
+)
+def test_questions_that_ask_two_things(question, two):
+    assert asks_two_things(question) is two
+
+
+def test_a_question_that_asks_two_things_gets_a_third_quote(assistant):
+    answer = assistant.ask("论坛集中展示了多少项重大科技成果?其中浙江有多少项?")
+    assert sum(len(c.quoted) for c in answer.citations) == 3
+    assert "585" in answer.answer and "165" in answer.answer
