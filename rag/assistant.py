@@ -147,7 +147,9 @@ class Assistant:
             return answer
         if answer.abstained:
             return replace(answer, question=question, query=query)
-        own = self._retrieve(index, question, 1)
+        # Only the follow-up's own query terms and translations are used, not its passages: no
+        # reranking (nor sentence judge) for hits that are replaced anyway.
+        own = retrieve(index, self.embedder, question, 1, s.candidates, s.rrf_k, rerank_depth=0)
         focused = replace(own, hits=retrieval.hits)
         chosen = extractive_answer(
             index, focused, question, float("-inf"), s.max_answer_sentences, self.judge, s.rerank_sentences
