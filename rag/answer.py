@@ -1,15 +1,15 @@
-"""Answers: the extractive default, citations that resolve, and abstention on weak evidence.
+"""Answers: the extractive default, citations that resolve, and abstention when nothing answers.
 
-The extractive answerer needs no language model: it scores every sentence of the retrieved
-passages against the question (rag.retrieval.score_sentences: cosine of precomputed sentence
-vectors, lifted for the other language; the share of the question's words the sentence holds in
-either language; a number when the question asks for one, more so beside a word of the question),
-quotes the best ones (the second preferring what the first leaves out), and cites each
-with the `[n]` of its passage. The evidence for answering at all is the best sentence's score, lowered by the share of
-the question's words that no document mentions in any language and the share that no retrieved
-passage holds; below the abstention threshold it says the documents do not hold the answer, in
-the question's language, and lists the nearest passages. Trade-off: a quote answers in the
-source's words and language, never a synthesis; an LLM backend can do that on top.
+The extractive answerer needs no language model. rag.judge gives every sentence of the retrieved
+passages a probability that it answers the question; the best one is quoted when it clears the
+abstention threshold, and a second (or, when the question asks two things, a third) only when its
+own probability clears the quote bar, so no filler is quoted. Header, dateline and byline lines
+are never quoted unless the question asks for a date or a source. When the question asks for a
+number, date or name and the best sentence holds exactly one that the question does not, the
+answer leads with it ("**585** — ..."). Each quote is cited with the `[n]` of its passage. Below
+the threshold it says the documents do not hold the answer, in the question's language, and lists
+the nearest passages. Trade-off: a quote answers in the source's words and language, never a
+synthesis; an LLM backend can do that on top.
 """
 
 from __future__ import annotations
@@ -18,11 +18,10 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from rag.chunking import Chunk
-from rag.crosslingual import QueryWords
-from rag.documents import is_chinese
+from rag.documents import is_chinese, normalize
 from rag.indexing import Index
-from rag.rerank import SentenceJudge
-from rag.retrieval import Hit, Retrieval, pick_sentences, score_sentences
+from rag.judge import Candidate, QuestionKind, lead_value
+from rag.retrieval import Hit, Retrieval
 
 NOT_FOUND = {
     "en": "The documents do not contain an answer to this question.",
@@ -32,10 +31,6 @@ QUOTE_LABEL = {  # (question language, source language) -> label before a quote
     ("en", "zh"): "(from a Chinese source) ",
     ("zh", "en"): "（英文原文）",
 }
-# The evidence: the best sentence's score minus these times the share of the question's words
-# that no document holds in any form, and the share that the best retrieved passage misses.
-UNKNOWN_PENALTY = 0.5
-UNCOVERED_PENALTY = 0.2
 # A question that asks two things ("How many ..., and how many ...?", "...? ...?") gets one quote
 # more: two quotes often both answer its first part (eval: two-part questions 4/8 -> 5/8).
 _TWO_QUESTIONS = re.compile(
@@ -75,6 +70,8 @@ class Answer:
     verification: dict | None = None
     # The retrieval query when it differs from `question`: a follow-up read with its context.
     query: str = ""
+    # The quoted sentences in the order the answer gives them, the best first.
+    quotes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         out = {
@@ -92,6 +89,8 @@ class Answer:
             out["verification"] = self.verification
         if self.query:
             out["query"] = self.query
+        if self.quotes:
+            out["quotes"] = self.quotes
         return out
 
 
@@ -123,19 +122,6 @@ def language_of(text: str) -> str:
     return "zh" if is_chinese(text) else "en"
 
 
-def evidence_score(index: Index, retrieval: Retrieval, best_sentence: float, words: QueryWords | None = None) -> float:
-    """How well the passages support answering: the best sentence's score, less what they lack.
-
-    Off-topic questions ("Who won the 2022 FIFA World Cup?") still find sentences with a fair
-    cosine, but ask about words the documents never mention, in either language.
-    """
-    words = words or QueryWords.of(retrieval.query, index.bm25, retrieval.translation_groups)
-    passage_coverage = max((words.coverage(set(index.terms[h.row])) for h in retrieval.hits), default=0.0)
-    return (
-        best_sentence - UNKNOWN_PENALTY * words.unknown_share(index.bm25) - UNCOVERED_PENALTY * (1.0 - passage_coverage)
-    )
-
-
 def _citation(n: int, hit: Hit, title: str, quoted: tuple[tuple[int, int], ...] = ()) -> Citation:
     chunk: Chunk = hit.chunk
     return Citation(
@@ -151,48 +137,81 @@ def _citation(n: int, hit: Hit, title: str, quoted: tuple[tuple[int, int], ...] 
     )
 
 
+def abstention(index: Index, retrieval: Retrieval, question: str, evidence: float) -> Answer:
+    """The documents do not hold the answer: say so, and list the nearest passages."""
+    language = language_of(question)
+    titles = _titles(index)
+    nearest = [_citation(i + 1, h, titles.get(h.chunk.doc_id, "")) for i, h in enumerate(retrieval.hits[:3])]
+    return Answer(question, NOT_FOUND[language], True, [], nearest, evidence=evidence, language=language)
+
+
+def _titles(index: Index) -> dict[str, str]:
+    return {doc_id: meta.get("title", doc_id) for doc_id, meta in index.documents.items()}
+
+
+def choose_quotes(
+    judged: list[Candidate], question: str, quote_threshold: float, max_sentences: int = 2
+) -> list[Candidate]:
+    """The best sentence, then those whose own probability clears `quote_threshold` (one more for a
+    question that asks two things); header lines only when a date or source is asked for."""
+    kind = QuestionKind.of(question)
+    usable = [c for c in judged if not c.header or kind.date or kind.source]
+    if not usable:
+        return []
+    limit = max_sentences + asks_two_things(question)
+    return [usable[0]] + [c for c in usable[1:] if c.probability >= quote_threshold][: limit - 1]
+
+
 def extractive_answer(
     index: Index,
     retrieval: Retrieval,
+    judged: list[Candidate],
     question: str,
+    evidence: float,
     abstain_threshold: float,
+    quote_threshold: float,
     max_sentences: int = 2,
-    judge: SentenceJudge | None = None,
-    judged: int = 0,
 ) -> Answer:
-    """Quote the `max_sentences` best-scoring sentences with `[n]` markers (one more for a question
-    that asks two things), or abstain on weak evidence.
+    """Quote the sentences of `judged` (rag.judge.judge over `retrieval`, best first) that answer
+    `question`, cited with `[n]` markers; or abstain when `evidence` (rag.judge.AnswerJudge.answerable:
+    P(some sentence answers)) is below `abstain_threshold`.
 
-    Always quoting a second sentence (rather than only when it scores close to the best) answers
-    more questions on the eval, at the cost of longer answers and citation precision; it is the
-    runner-up unless another sentence scores nearly as well and holds words of the question the
-    first does not (rag.retrieval.pick_sentences), as the second part of a two-part question does.
+    Only sentences of the passages shown (`retrieval.hits`) are quoted.
     """
     language = language_of(question)
-    titles = {doc_id: meta.get("title", doc_id) for doc_id, meta in index.documents.items()}
-    ranked = score_sentences(index, retrieval, judge, judged)
-    words = QueryWords.of(retrieval.query, index.bm25, retrieval.translation_groups)
-    # Abstention was calibrated on the scores before the judge, which reorders but does not grade.
-    best = max((s.score - s.judged for s in ranked), default=0.0)
-    evidence = evidence_score(index, retrieval, best, words) if ranked else 0.0
-    if not ranked or evidence < abstain_threshold:
-        nearest = [_citation(i + 1, h, titles.get(h.chunk.doc_id, "")) for i, h in enumerate(retrieval.hits[:3])]
-        return Answer(question, NOT_FOUND[language], True, [], nearest, evidence=evidence, language=language)
+    shown = {hit.row: rank for rank, hit in enumerate(retrieval.hits)}
+    judged = [c for c in judged if c.hit.row in shown]
+    chosen = choose_quotes(judged, question, quote_threshold, max_sentences) if evidence >= abstain_threshold else []
+    if not chosen:
+        return abstention(index, retrieval, question, evidence)
 
-    chosen = pick_sentences(ranked, words.weights, max_sentences + asks_two_things(question))
-    # Quote in document order within a passage, passages in order of first use.
-    chosen.sort(key=lambda s: (s.hit_rank, s.start))
+    titles = _titles(index)
     numbers: dict[int, int] = {}
     quoted: dict[int, list[tuple[int, int]]] = {}
     parts = []
-    for s in chosen:
-        n = numbers.setdefault(s.hit_rank, len(numbers) + 1)
-        quoted.setdefault(s.hit_rank, []).append((s.start, s.end))
-        label = QUOTE_LABEL.get((language, language_of(s.text)), "")
-        parts.append(f"{label}{s.text.strip()} [{n}]")
+    for c in chosen:
+        rank = shown[c.hit.row]
+        n = numbers.setdefault(rank, len(numbers) + 1)
+        quoted.setdefault(rank, []).append((c.start, c.end))
+        label = QUOTE_LABEL.get((language, language_of(c.text)), "")
+        parts.append(f"{label}{c.text.strip()} [{n}]")
+    lead = lead_value(normalize(chosen[0].text), question)
+    if lead:
+        parts[0] = f"**{lead}** — {parts[0]}"
     citations = [
-        _citation(n, retrieval.hits[rank], titles.get(retrieval.hits[rank].chunk.doc_id, ""), tuple(quoted[rank]))
+        _citation(
+            n, retrieval.hits[rank], titles.get(retrieval.hits[rank].chunk.doc_id, ""), tuple(sorted(quoted[rank]))
+        )
         for rank, n in numbers.items()
     ]
     text = ("" if language == "zh" else " ").join(parts)
-    return Answer(question, text, False, citations, [], evidence=evidence, language=language)
+    return Answer(
+        question,
+        text,
+        False,
+        citations,
+        [],
+        evidence=evidence,
+        language=language,
+        quotes=[c.text.strip() for c in chosen],
+    )

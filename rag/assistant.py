@@ -9,6 +9,7 @@ until the next explicit `rag index`.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -19,6 +20,7 @@ from rag.config import Settings
 from rag.documents import iter_document_paths
 from rag.embeddings import Embedder, load_embedder
 from rag.indexing import Index, RefreshReport, load_index, read_manifest, refresh_index
+from rag.judge import Candidate, answerable, judge, load_answer_judge, rerank
 from rag.llm import LLMAnswerer, LLMError, final_answer, llm_configured
 from rag.rerank import load_judge
 from rag.retrieval import Retrieval, retrieve
@@ -32,8 +34,16 @@ class Assistant:
         self._refresh_lock = threading.Lock()
         # With an LLM server configured, answers are generated, verified, and fall back to quotes.
         self.llm = LLMAnswerer(settings, self.embedder) if llm_configured(settings) else None
-        # A second, cross-lingual opinion on the best sentences (rag.rerank); its model loads on first use.
+        # P(a sentence answers), fitted (rag.judge); the USE model gives it a cross-lingual second
+        # reading of the best sentences (rag.rerank) and loads on first use.
+        self.answer_judge = load_answer_judge()
         self.judge = load_judge() if settings.rerank_sentences > 0 else None
+        self.abstain_threshold = (
+            self.answer_judge.abstain_threshold if settings.abstain_threshold is None else settings.abstain_threshold
+        )
+        self.quote_threshold = (
+            self.answer_judge.quote_threshold if settings.quote_threshold is None else settings.quote_threshold
+        )
 
     # ------------------------------------------------------------------ index
 
@@ -79,14 +89,17 @@ class Assistant:
     # ------------------------------------------------------------------ answering
 
     def retrieve(self, question: str) -> Retrieval:
-        s = self.settings
-        return self._retrieve(self.index, question, s.top_k)
+        """The passages shown for `question`, best first (judged and reordered)."""
+        retrieval, _ = self._retrieve(self.index, question, self.settings.top_k)
+        return retrieval
 
-    def _retrieve(self, index: Index, query: str, top_k: int) -> Retrieval:
+    def _retrieve(self, index: Index, query: str, depth: int) -> tuple[Retrieval, list[Candidate]]:
+        """Candidate passages for `query`, reordered by their best sentence, `depth` deep; and the
+        judged sentences, best first."""
         s = self.settings
-        return retrieve(
-            index, self.embedder, query, top_k, s.candidates, s.rrf_k, judge=self.judge, judged=s.rerank_sentences
-        )
+        retrieval = retrieve(index, self.embedder, query, s.candidate_passages, s.candidates, s.rrf_k, depth=depth)
+        judged = judge(index, retrieval, self.answer_judge, self.judge, s.rerank_sentences)
+        return rerank(retrieval, judged), judged
 
     def ask(self, question: str, history: Sequence[str] = ()) -> Answer:
         return self.ask_detailed(question, history=history)[0]
@@ -101,10 +114,10 @@ class Assistant:
         s = self.settings
         started = time.perf_counter()
         query = self.standalone_query(question, history)
-        retrieval = self._retrieve(index, query, max(s.top_k, depth))
+        retrieval, judged = self._retrieve(index, query, max(s.top_k, depth))
         shown = replace(retrieval, hits=retrieval.hits[: s.top_k])
         retrieved = time.perf_counter()
-        answer = self._answer(index, shown, question, query)
+        answer = self._answer(index, shown, judged, question, query)
         if self.llm is not None:
             answer = final_answer(self._generate(index, shown, query, answer))
         answer.timings_ms = _timings_ms(started, retrieved, time.perf_counter())
@@ -123,36 +136,52 @@ class Assistant:
         s = self.settings
         started = time.perf_counter()
         query = self.standalone_query(question, history)
-        retrieval = self._retrieve(index, query, s.top_k)
+        retrieval, judged = self._retrieve(index, query, s.top_k)
+        retrieval = replace(retrieval, hits=retrieval.hits[: s.top_k])
         retrieved = time.perf_counter()
-        answer = self._answer(index, retrieval, question, query)
+        answer = self._answer(index, retrieval, judged, question, query)
         if self.llm is not None:
             answer = yield from self._generate(index, retrieval, query, answer)
         answer.timings_ms = _timings_ms(started, retrieved, time.perf_counter())
         yield answer
 
-    def _answer(self, index: Index, retrieval: Retrieval, question: str, query: str) -> Answer:
+    def _answer(self, index: Index, retrieval: Retrieval, judged: list[Candidate], question: str, query: str) -> Answer:
         """The extractive answer to `question` over passages retrieved with `query`.
 
         For a follow-up the two differ: "其中浙江有多少项?" is retrieved together with the question
-        it follows, but scoring sentences against that whole query quotes the previous answer
+        it follows, but judging sentences against that whole query quotes the previous answer
         again. So the evidence (and abstention) is judged on the standalone query, and the
         sentences are then chosen by the follow-up itself from the same passages.
         """
         s = self.settings
+        evidence = answerable(judged)
         answer = extractive_answer(
-            index, retrieval, query, s.abstain_threshold, s.max_answer_sentences, self.judge, s.rerank_sentences
+            index,
+            retrieval,
+            judged,
+            query,
+            evidence,
+            self.abstain_threshold,
+            self.quote_threshold,
+            s.max_answer_sentences,
         )
+        answer = replace(answer, question=question)
         if query == question:
             return answer
         if answer.abstained:
-            return replace(answer, question=question, query=query)
-        # Only the follow-up's own query terms and translations are used, not its passages: no
-        # reranking (nor sentence judge) for hits that are replaced anyway.
-        own = retrieve(index, self.embedder, question, 1, s.candidates, s.rrf_k, rerank_depth=0)
-        focused = replace(own, hits=retrieval.hits)
+            return replace(answer, query=query)
+        # The follow-up's own words, vector and translations judge the passages already found.
+        own = retrieve(index, self.embedder, question, 0, s.candidates, s.rrf_k)
+        focused = replace(own, hits=retrieval.hits, judged=len(retrieval.hits))
         chosen = extractive_answer(
-            index, focused, question, float("-inf"), s.max_answer_sentences, self.judge, s.rerank_sentences
+            index,
+            focused,
+            judge(index, focused, self.answer_judge, self.judge, s.rerank_sentences),
+            question,
+            evidence,
+            float("-inf"),
+            self.quote_threshold,
+            s.max_answer_sentences,
         )
         return replace(chosen, evidence=answer.evidence, query=query)
 
@@ -191,11 +220,45 @@ class QuestionError(ValueError):
     """A question that cannot be answered as given."""
 
 
+# Scripts of languages the assistant does not read (its models and dictionary know English and
+# Chinese): a question mostly in one of them gets a message rather than a confident wrong quote.
+_UNSUPPORTED_SCRIPTS = {
+    "Japanese": re.compile(r"[\u3040-\u30ff\u31f0-\u31ff]"),
+    "Korean": re.compile(r"[\u1100-\u11ff\u3130-\u318f\uac00-\ud7af]"),
+    "Russian or another Cyrillic-script language": re.compile(r"[\u0400-\u04ff]"),
+    "Arabic": re.compile(r"[\u0600-\u06ff]"),
+    "Hebrew": re.compile(r"[\u0590-\u05ff]"),
+    "Greek": re.compile(r"[\u0370-\u03ff]"),
+    "Thai": re.compile(r"[\u0e00-\u0e7f]"),
+    "Hindi or another Devanagari-script language": re.compile(r"[\u0900-\u097f]"),
+}
+
+
+def unsupported_language(question: str) -> str | None:
+    """The language a question is written in when it is not English or Chinese, else None.
+
+    Japanese is told from Chinese by its kana; a name in another script inside an English or
+    Chinese question does not count.
+    """
+    letters = sum(ch.isalpha() for ch in question) or 1
+    for language, script in _UNSUPPORTED_SCRIPTS.items():
+        found = len(script.findall(question))
+        if found and (language == "Japanese" or found / letters > 0.5):
+            return language
+    return None
+
+
 def validate_question(question: str) -> str:
-    """Strip control characters and bound the length; refuse what is left empty."""
+    """Strip control characters and bound the length; refuse what is left empty, or not in English or Chinese."""
     cleaned = "".join(ch if ch.isprintable() or ch in "\n\t" else " " for ch in question).strip()
     if not cleaned:
         raise QuestionError("the question is empty: type a question about your documents")
+    language = unsupported_language(cleaned)
+    if language:
+        raise QuestionError(
+            f"this looks like {language}, which the assistant cannot read yet: please ask in English or Chinese. "
+            "目前只能回答英文或中文的问题，请用英文或中文提问。"
+        )
     if len(cleaned) > MAX_QUESTION_CHARS:
         raise QuestionError(
             f"the question is {len(cleaned)} characters long; the limit is {MAX_QUESTION_CHARS}. "

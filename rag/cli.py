@@ -196,7 +196,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         # Answer everything, then sweep the abstention threshold over the recorded evidence.
         settings = settings.with_(abstain_threshold=float("-inf"))
     assistant = _assistant(settings)
-    report = evaluate.run_eval(assistant, Path(args.qa), progress=True)
+    report = evaluate.run_eval(assistant, [Path(p) for p in args.qa], progress=True)
     if args.calibrate:
         result = evaluate.calibrate(report["questions"])
         print(json.dumps({k: v for k, v in result.items() if k != "sweep"}, indent=1))
@@ -267,8 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_flags(p)
     p.add_argument(
         "--qa",
-        default=str(Path(__file__).resolve().parent.parent / "eval" / "qa.jsonl"),
-        help="JSONL file of questions (default: the bundled eval/qa.jsonl)",
+        nargs="+",
+        default=[str(Path(__file__).resolve().parent.parent / "eval" / "qa.jsonl")],
+        help="JSONL files of questions, read as one set (default: the bundled eval/qa.jsonl)",
     )
     p.add_argument("--out", default="eval/report", help="folder for report.json/.md/.png")
     p.add_argument(

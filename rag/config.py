@@ -22,6 +22,7 @@ ENV_VARS = {
     "top_k": "RAG_TOP_K",
     "index_type": "RAG_INDEX_TYPE",
     "abstain_threshold": "RAG_ABSTAIN_THRESHOLD",
+    "quote_threshold": "RAG_QUOTE_THRESHOLD",
     "llm_base_url": "RAG_LLM_BASE_URL",
     "llm_model": "RAG_LLM_MODEL",
     "llm_api_key": "RAG_LLM_API_KEY",
@@ -66,15 +67,16 @@ class Settings:
     rrf_k: int = 60
     # Vector index type: auto | flat | hnsw | ivfpq; auto is exact up to 200k vectors (rag.store).
     index_type: str = "auto"
-    # Minimum evidence score (rag.answer.evidence_score: the best sentence's score less the share of
-    # the question's words the documents never mention) below which the assistant abstains;
-    # calibrated on the non-heldout eval questions (`rag eval --calibrate`).
-    abstain_threshold: float = 0.501
+    # Passages whose sentences the answer judge (rag.judge) reads, before the best `top_k` are shown.
+    candidate_passages: int = 8
+    # The answer judge's probability below which the assistant abstains, and the one a second or
+    # third quote must clear; None takes the values calibrated with the judge (rag/judge.json).
+    abstain_threshold: float | None = None
+    quote_threshold: float | None = None
     max_answer_sentences: int = 2
-    # The best sentences that the cross-lingual judge (rag.rerank) reorders; 0 turns it off. From 3
-    # to 100 answer the same eval questions (2 do not); 5 costs ~3 ms a question on sentences it
-    # has seen, ~17 ms on new ones (bench/RESULTS.md).
-    rerank_sentences: int = 5
+    # The best sentences the answer judge reads a second time with the cross-lingual Universal
+    # Sentence Encoder (rag.judge, rag.rerank); 0 turns that off.
+    rerank_sentences: int = 8
     # An OpenAI-compatible chat server (see rag.llm); with no model set, answers are extractive.
     llm_base_url: str | None = None
     llm_model: str | None = None
@@ -105,7 +107,7 @@ class Settings:
 
 
 def _coerce(type_name: object, raw: str, var: str) -> object:
-    kind = str(type_name)
+    kind = str(type_name).removesuffix(" | None")
     try:
         if kind == "int":
             return int(raw)

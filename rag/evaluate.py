@@ -83,6 +83,9 @@ def evaluate_row(assistant: Assistant, row: dict) -> dict:
         None,
     )
     contains = answerable and not answer.abstained and contains_gold(answer.answer, row["answers"], row["match"])
+    # Which quoted sentences hold a gold answer: an answer quoting a wrong sentence and a right one
+    # is right by containment, but not first-quote accurate, and only half precise.
+    quotes_with_gold = [answerable and contains_gold(q, row["answers"], "any") for q in answer.quotes]
     # Would the answer be right if it had not abstained? Lets calibration sweep the threshold.
     return {
         "id": row["id"],
@@ -95,6 +98,7 @@ def evaluate_row(assistant: Assistant, row: dict) -> dict:
         "answer": answer.answer,
         "abstained": answer.abstained,
         "correct": (answer.abstained if not answerable else contains),
+        "quotes_with_gold": quotes_with_gold,
         "cited_doc_ids": [c.doc_id for c in answer.citations],
         "citations_valid": not check_citations(answer),
         "doc_rank": doc_rank,
@@ -104,14 +108,18 @@ def evaluate_row(assistant: Assistant, row: dict) -> dict:
     }
 
 
-def run_eval(assistant: Assistant, qa_path: Path, progress: bool = False) -> dict:
-    rows = load_qa(qa_path)
+def run_eval(assistant: Assistant, qa_paths: Path | list[Path], progress: bool = False) -> dict:
+    paths = [qa_paths] if isinstance(qa_paths, Path) else list(qa_paths)
+    rows = [row for path in paths for row in load_qa(path)]
+    ids = [row["id"] for row in rows]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"question ids repeat across {', '.join(map(str, paths))}")
     from tqdm import tqdm
 
     results = [
         evaluate_row(assistant, row) for row in tqdm(rows, desc="eval", unit="q", file=sys.stderr, disable=not progress)
     ]
-    report = {"qa_file": str(qa_path), "primary_metric": PRIMARY_METRIC}
+    report = {"qa_file": " + ".join(map(str, paths)), "primary_metric": PRIMARY_METRIC}
     report.update(metrics(results))
     tags = sorted({t for r in results for t in r["tags"]})
     report["by_tag"] = {tag: metrics([r for r in results if tag in r["tags"]]) for tag in tags}
@@ -152,11 +160,19 @@ def metrics(results: list[dict]) -> dict:
     unanswerable = [r for r in results if not r["answerable"]]
     answered = [r for r in results if not r["abstained"]]
     abstained = [r for r in results if r["abstained"]]
+    answered_answerable = [r for r in answered if r["answerable"]]
+    quotes = [ok for r in answered_answerable for ok in r.get("quotes_with_gold", [])]
     cited = [d for r in answered if r["answerable"] for d in r["cited_doc_ids"]]
     gold_cited = [d for r in answered if r["answerable"] for d in r["cited_doc_ids"] if d in r["gold_doc_ids"]]
     return {
         "n": len(results),
         "answer_accuracy": _mean(1.0 if r["correct"] else 0.0 for r in results),
+        "answerable_accuracy": _mean(1.0 if r["correct"] else 0.0 for r in answerable),
+        # The first quoted sentence holds a gold answer (an abstention on an answerable question counts as a miss).
+        "first_quote_accuracy": _mean(
+            1.0 if r.get("quotes_with_gold") and r["quotes_with_gold"][0] else 0.0 for r in answerable
+        ),
+        "quote_precision": _mean(1.0 if ok else 0.0 for ok in quotes),
         "citation_precision": round(len(gold_cited) / len(cited), 4) if cited else None,
         "citation_validity": _mean(1.0 if r["citations_valid"] else 0.0 for r in answered),
         "abstention": {
@@ -238,19 +254,20 @@ def _fmt(value: object) -> str:
 def summary_table(report: dict) -> str:
     """A markdown table of the headline metrics, overall and per tag."""
     header = (
-        "| slice | n | answer acc | evidence hit@5 | doc hit@5 | doc MRR | citation prec | "
+        "| slice | n | answer acc | first-quote acc | quote prec | evidence hit@5 | doc hit@5 | citation prec | "
         "abstain P/R | false abstain | total p50 ms |\n"
-        "|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [header]
     slices = [("all", report)] + list(report["by_tag"].items())
     for name, m in slices:
         ab = m["abstention"]
         lines.append(
-            f"| {name} | {m['n']} | {_fmt(m['answer_accuracy'])} | {_fmt(m['retrieval']['evidence']['hit@5'])} | "
-            f"{_fmt(m['retrieval']['doc']['hit@5'])} | {_fmt(m['retrieval']['doc']['mrr'])} | "
-            f"{_fmt(m['citation_precision'])} | {_fmt(ab['precision'])}/{_fmt(ab['recall'])} | "
-            f"{_fmt(ab['false_rate'])} | {_fmt(m['latency_ms']['total']['p50'])} |"
+            f"| {name} | {m['n']} | {_fmt(m['answer_accuracy'])} | {_fmt(m.get('first_quote_accuracy'))} | "
+            f"{_fmt(m.get('quote_precision'))} | {_fmt(m['retrieval']['evidence']['hit@5'])} | "
+            f"{_fmt(m['retrieval']['doc']['hit@5'])} | {_fmt(m['citation_precision'])} | "
+            f"{_fmt(ab['precision'])}/{_fmt(ab['recall'])} | {_fmt(ab['false_rate'])} | "
+            f"{_fmt(m['latency_ms']['total']['p50'])} |"
         )
     return "\n".join(lines)
 

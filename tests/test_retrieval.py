@@ -1,23 +1,10 @@
-from dataclasses import replace
-
 import numpy as np
 import pytest
 
 from rag.documents import normalize
 from rag.indexing import load_index, refresh_index
 from rag.lexical import BM25, tokenize
-from rag.retrieval import (
-    FusionWeights,
-    ScoredSentence,
-    asks_for_number,
-    gives_new_number,
-    number_near_words,
-    pick_sentences,
-    reciprocal_rank_fusion,
-    rerank_by_sentences,
-    retrieve,
-    score_sentences,
-)
+from rag.retrieval import FusionWeights, reciprocal_rank_fusion, retrieve
 
 
 def test_reciprocal_rank_fusion_sums_weighted_reciprocal_ranks():
@@ -109,79 +96,20 @@ def index(settings, embedder):
     ],
 )
 def test_hybrid_retrieval_puts_the_document_with_the_keyword_first(index, embedder, question, doc_id):
-    result = retrieve(index, embedder, question, top_k=3)
+    result = retrieve(index, embedder, question, passages=3)
     assert result.hits[0].chunk.doc_id == doc_id
     assert embedder.embedded_queries == [normalize(question)]
-    assert len(result.hits) == 3
-    fused = retrieve(index, embedder, question, top_k=3, rerank_depth=0)
-    assert [h.score for h in fused.hits] == sorted((h.score for h in fused.hits), reverse=True)
+    assert result.judged == len(result.hits) <= 4  # three, and the translated list's first if not among them
+    assert [h.score for h in result.hits[:3]] == sorted((h.score for h in result.hits[:3]), reverse=True)
 
 
-def test_reranking_orders_the_head_by_best_sentence_and_keeps_the_tail(index, embedder):
+def test_retrieval_deepens_past_the_candidates_for_evaluation(index, embedder):
     question = "How many major achievements did the forum show?"
-    fused = retrieve(index, embedder, question, top_k=8, rerank_depth=0)
-    reversed_head = replace(fused, hits=fused.hits[:4][::-1] + fused.hits[4:])
-    reranked = rerank_by_sentences(index, reversed_head, depth=4)
-    assert reranked.hits[4:] == fused.hits[4:]
-    assert {h.row for h in reranked.hits[:4]} == {h.row for h in fused.hits[:4]}
-    best = {}
-    for sentence in score_sentences(index, replace(reranked, hits=reranked.hits[:4])):
-        best.setdefault(sentence.hit_rank, sentence.score)
-    assert [best.get(rank, float("-inf")) for rank in range(4)] == sorted(best.values(), reverse=True)
-    # The passage with 585 (a number, asked for) comes first.
-    assert "585" in reranked.hits[0].chunk.text
-
-
-@pytest.mark.parametrize(
-    ("question", "asks"),
-    [
-        ("How many achievements were shown?", True),
-        ("What share of the projects won awards?", True),
-        ("论坛集中展示了多少项重大科技成果?", True),
-        ("浙江有几项成果?", True),
-        ("Who chairs the board?", False),
-        ("论坛在哪里举行?", False),
-    ],
-)
-def test_questions_asking_for_a_number(question, asks):
-    assert asks_for_number(question) is asks
-
-
-def test_a_number_counts_only_when_the_question_does_not_already_hold_it():
-    question = "How many achievements were shown in 2020?"
-    assert gives_new_number("585项重大科技成果", question)
-    assert not gives_new_number("The 2020 exhibition was online.", question)
-    assert not gives_new_number("No figures here.", question)
-
-
-def test_a_number_counts_more_next_to_one_of_the_questions_words():
-    from rag.crosslingual import QueryWords
-
-    bm25 = BM25([["江苏", "127", "jiangsu"], ["585", "成果"]])
-    question = "How many were from Jiangsu in 2020?"
-    words = QueryWords.of(question, bm25, {}, {"zh_en": {}, "en_zh": {}})
-    assert number_near_words("上海132项,江苏127项", question, words)  # 江苏 is Jiangsu by its pinyin
-    assert not number_near_words("江苏省在长江下游,长三角地区共展示了585项成果", question, words)  # too far
-    assert not number_near_words("江苏 2020", question, words)  # the question's own number
-
-
-def _sentence(text: str, score: float, words: set[str]) -> ScoredSentence:
-    return ScoredSentence(0, None, 0, len(text), text, score, frozenset(words))  # type: ignore[arg-type]
-
-
-def test_the_second_quote_prefers_a_sentence_that_answers_another_part_of_the_question():
-    weights = {"exhibition": 1.0, "achievements": 1.0, "auction": 1.0}
-    ranked = [
-        _sentence("585 achievements at the exhibition", 1.00, {"exhibition", "achievements"}),
-        _sentence("the exhibition showed 1700 pictures", 0.99, {"exhibition"}),
-        _sentence("60 took part in the auction", 0.97, {"auction"}),
-    ]
-    picked = pick_sentences(ranked, weights, 2)
-    assert [s.text for s in picked] == [ranked[0].text, ranked[2].text]
-    # Without anything new to add, the order of the scores decides.
-    assert pick_sentences(ranked[:2], weights, 2) == ranked[:2]
-    assert pick_sentences(ranked, weights, 1) == ranked[:1]
-    assert pick_sentences([], weights, 2) == []
+    shallow = retrieve(index, embedder, question, passages=3)
+    deep = retrieve(index, embedder, question, passages=3, depth=8)
+    assert deep.hits[: deep.judged] == shallow.hits
+    assert len(deep.hits) > len(shallow.hits)
+    assert len({h.row for h in deep.hits}) == len(deep.hits)
 
 
 def test_each_retriever_alone_finds_the_unique_keyword(index, embedder):
@@ -204,12 +132,12 @@ def test_retrieval_over_an_empty_index_returns_no_hits(settings, embedder, corpu
     assert result.hits == []
 
 
-def test_the_translated_lists_first_passage_is_reranked_wherever_fusion_put_it(index, embedder):
+def test_the_translated_lists_first_passage_is_a_candidate_wherever_fusion_put_it(index, embedder):
     # No passage holds 望远镜 ("telescope"): only its translation finds the English passage that
     # says who paid for it. With the translated list weighted 0, fusion ranks that passage low.
     question = "望远镜的钱是谁出的?"
     no_translation = FusionWeights(translated=0.0)
-    fused = retrieve(index, embedder, question, top_k=4, weights=no_translation, rerank_depth=0)
-    assert not any("paid for" in h.chunk.text for h in fused.hits)
-    reranked = retrieve(index, embedder, question, top_k=4, weights=no_translation, rerank_depth=1)
-    assert "The telescope was paid for" in reranked.hits[0].chunk.text
+    fused = retrieve(index, embedder, question, passages=4, weights=no_translation)
+    assert not any("paid for" in h.chunk.text for h in fused.hits[:4])
+    assert "The telescope was paid for" in fused.hits[4].chunk.text
+    assert fused.judged == 5
