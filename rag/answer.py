@@ -42,6 +42,20 @@ def asks_two_things(question: str) -> bool:
     return bool(_TWO_QUESTIONS.search(question))
 
 
+_SECOND_PART = re.compile(r"(?<=[?？])\s*(?=\S)|,? and (?=(?:in )?(?:which|what|when|where|who|whom|whose|how)\b)", re.I)
+
+
+def question_parts(question: str) -> list[str]:
+    """The things a question asks, one by one: "How many ..., and which ...?" -> two parts.
+
+    Each part after the first is judged on its own over the same passages, so that a quote for
+    it can clear the bar even when the whole question's judge gives the first part most weight.
+    """
+    if not asks_two_things(question):
+        return [question]
+    return [part.strip() for part in _SECOND_PART.split(question.strip()) if part.strip(" ?？")]
+
+
 @dataclass(frozen=True)
 class Citation:
     n: int
@@ -149,17 +163,36 @@ def _titles(index: Index) -> dict[str, str]:
     return {doc_id: meta.get("title", doc_id) for doc_id, meta in index.documents.items()}
 
 
+def usable_quotes(judged: list[Candidate], question: str) -> list[Candidate]:
+    """The judged sentences that may be quoted: header lines only when a date or source is asked for."""
+    kind = QuestionKind.of(question)
+    return [c for c in judged if not c.header or kind.date or kind.source]
+
+
 def choose_quotes(
-    judged: list[Candidate], question: str, quote_threshold: float, max_sentences: int = 2
+    judged: list[Candidate],
+    question: str,
+    quote_threshold: float,
+    max_sentences: int = 2,
+    parts: list[list[Candidate]] = (),
 ) -> list[Candidate]:
     """The best sentence, then those whose own probability clears `quote_threshold` (one more for a
-    question that asks two things); header lines only when a date or source is asked for."""
-    kind = QuestionKind.of(question)
-    usable = [c for c in judged if not c.header or kind.date or kind.source]
+    question that asks two things); header lines only when a date or source is asked for.
+
+    `parts` are the sentences judged for each further part of a two-part question: the best of
+    each that clears the bar comes before the whole question's runners-up.
+    """
+    usable = usable_quotes(judged, question)
     if not usable:
         return []
     limit = max_sentences + asks_two_things(question)
-    return [usable[0]] + [c for c in usable[1:] if c.probability >= quote_threshold][: limit - 1]
+    chosen: list[Candidate] = []
+    for c in [usable[0], *(next(iter(usable_quotes(p, question)), None) for p in parts), *usable[1:]]:
+        # The first always; a part's best, then the runners-up, when they clear the bar, each once.
+        if c is not None and (not chosen or c.probability >= quote_threshold):
+            if all((c.hit, c.start, c.text) != (o.hit, o.start, o.text) for o in chosen):
+                chosen.append(c)
+    return chosen[:limit]
 
 
 def extractive_answer(
@@ -171,6 +204,7 @@ def extractive_answer(
     abstain_threshold: float,
     quote_threshold: float,
     max_sentences: int = 2,
+    parts: list[list[Candidate]] = (),
 ) -> Answer:
     """Quote the sentences of `judged` (rag.judge.judge over `retrieval`, best first) that answer
     `question`, cited with `[n]` markers; or abstain when `evidence` (rag.judge.AnswerJudge.answerable:
@@ -181,7 +215,11 @@ def extractive_answer(
     language = language_of(question)
     shown = {hit.row: rank for rank, hit in enumerate(retrieval.hits)}
     judged = [c for c in judged if c.hit.row in shown]
-    chosen = choose_quotes(judged, question, quote_threshold, max_sentences) if evidence >= abstain_threshold else []
+    parts = [[c for c in part if c.hit.row in shown] for part in parts]
+    if evidence >= abstain_threshold:
+        chosen = choose_quotes(judged, question, quote_threshold, max_sentences, parts)
+    else:
+        chosen = []
     if not chosen:
         return abstention(index, retrieval, question, evidence)
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
-from rag.answer import Answer, extractive_answer
+from rag.answer import Answer, extractive_answer, question_parts
 from rag.config import Settings
 from rag.documents import iter_document_paths
 from rag.embeddings import Embedder, load_embedder
@@ -164,6 +164,7 @@ class Assistant:
             self.abstain_threshold,
             self.quote_threshold,
             s.max_answer_sentences,
+            [self._judge_again(index, retrieval, part) for part in question_parts(query)[1:]],
         )
         answer = replace(answer, question=question)
         if query == question:
@@ -171,12 +172,10 @@ class Assistant:
         if answer.abstained:
             return replace(answer, query=query)
         # The follow-up's own words, vector and translations judge the passages already found.
-        own = retrieve(index, self.embedder, question, 0, s.candidates, s.rrf_k)
-        focused = replace(own, hits=retrieval.hits, judged=len(retrieval.hits))
         chosen = extractive_answer(
             index,
-            focused,
-            judge(index, focused, self.answer_judge, self.judge, s.rerank_sentences),
+            retrieval,
+            self._judge_again(index, retrieval, question),
             question,
             evidence,
             float("-inf"),
@@ -184,6 +183,13 @@ class Assistant:
             s.max_answer_sentences,
         )
         return replace(chosen, evidence=answer.evidence, query=query)
+
+    def _judge_again(self, index: Index, retrieval: Retrieval, text: str) -> list[Candidate]:
+        """The sentences of passages already found, judged for `text` (a part of the question, a follow-up)."""
+        s = self.settings
+        own = retrieve(index, self.embedder, text, 0, s.candidates, s.rrf_k)
+        focused = replace(own, hits=retrieval.hits, judged=len(retrieval.hits))
+        return judge(index, focused, self.answer_judge, self.judge, s.rerank_sentences)
 
     def _generate(self, index: Index, retrieval: Retrieval, question: str, extractive: Answer):
         titles = {doc_id: meta.get("title", doc_id) for doc_id, meta in index.documents.items()}

@@ -207,7 +207,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(evaluate.summary_table(report))
     print(f"\nreport: {out / 'report.json'}, {out / 'report.md'}, {out / 'report.png'}")
     if args.check:
-        failures = evaluate.check_thresholds(report, json.loads(Path(args.check).read_text(encoding="utf-8")))
+        floors = json.loads(Path(args.check).read_text(encoding="utf-8"))
+        failures = evaluate.check_thresholds(report, floors, args.check_section)
         for failure in failures:
             print(f"below floor: {failure}", file=sys.stderr)
         return 1 if failures else 0
@@ -281,6 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--check",
         metavar="THRESHOLDS",
         help="exit 1 when a metric is below its floor in this JSON file (eval/thresholds.json)",
+    )
+    p.add_argument(
+        "--check-section",
+        metavar="NAME",
+        help="the floors of another eval in that file, e.g. xquad (default: the bundled eval's)",
     )
     p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="print differences of two reports")
     p.add_argument(

@@ -30,8 +30,12 @@ HIT_DEPTHS = (1, 3, 5, 10)
 # --------------------------------------------------------------------------- data
 
 
-def load_qa(path: Path) -> list[dict]:
-    """Read a JSONL eval file, checking each row's shape; errors name the line."""
+def load_qa(path: Path, skip_bad: bool = False) -> list[dict]:
+    """Read a JSONL eval file, checking each row's shape; errors name the line.
+
+    With `skip_bad`, a row without an id or question is left out with a warning (training data
+    from elsewhere); an eval file must be whole.
+    """
     rows = []
     with path.open(encoding="utf-8") as fh:
         for number, line in enumerate(fh, 1):
@@ -41,9 +45,12 @@ def load_qa(path: Path) -> list[dict]:
                 row = json.loads(line)
             except ValueError as exc:
                 raise ValueError(f"{path}:{number}: not valid JSON ({exc})") from exc
-            for key in ("id", "question"):
-                if not isinstance(row.get(key), str) or not row[key].strip():
-                    raise ValueError(f"{path}:{number}: missing {key!r}")
+            missing = [k for k in ("id", "question") if not isinstance(row.get(k), str) or not row[k].strip()]
+            if missing and skip_bad:
+                print(f"{path}:{number}: skipped, missing {missing[0]!r}", file=sys.stderr)
+                continue
+            if missing:
+                raise ValueError(f"{path}:{number}: missing {missing[0]!r}")
             row.setdefault("answers", [])
             row.setdefault("doc_ids", [])
             row.setdefault("tags", [])
@@ -108,6 +115,13 @@ def evaluate_row(assistant: Assistant, row: dict) -> dict:
     }
 
 
+def language_direction(tags: list[str]) -> str | None:
+    """ "en→zh" for an English question whose answer is in Chinese text (tags q-en and doc-zh)."""
+    question = next((t[2:] for t in tags if t in ("q-en", "q-zh")), None)
+    document = next((t[4:] for t in tags if t in ("doc-en", "doc-zh")), None)
+    return f"{question}→{document}" if question and document else None
+
+
 def run_eval(assistant: Assistant, qa_paths: Path | list[Path], progress: bool = False) -> dict:
     paths = [qa_paths] if isinstance(qa_paths, Path) else list(qa_paths)
     rows = [row for path in paths for row in load_qa(path)]
@@ -123,6 +137,12 @@ def run_eval(assistant: Assistant, qa_paths: Path | list[Path], progress: bool =
     report.update(metrics(results))
     tags = sorted({t for r in results for t in r["tags"]})
     report["by_tag"] = {tag: metrics([r for r in results if tag in r["tags"]]) for tag in tags}
+    directions: dict[str, list[dict]] = {}
+    for r in results:
+        direction = language_direction(r["tags"])
+        if direction:
+            directions.setdefault(direction, []).append(r)
+    report["by_direction"] = {d: metrics(rows) for d, rows in sorted(directions.items())}
     report["settings"] = {k: str(v) for k, v in asdict(assistant.settings).items()}
     manifest = dict(assistant.index.manifest)
     manifest.pop("checksums", None)
@@ -254,16 +274,17 @@ def _fmt(value: object) -> str:
 def summary_table(report: dict) -> str:
     """A markdown table of the headline metrics, overall and per tag."""
     header = (
-        "| slice | n | answer acc | first-quote acc | quote prec | evidence hit@5 | doc hit@5 | citation prec | "
-        "abstain P/R | false abstain | total p50 ms |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|"
+        "| slice | n | answer acc | answerable acc | first-quote acc | quote prec | evidence hit@5 | doc hit@5 | "
+        "citation prec | abstain P/R | false abstain | total p50 ms |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [header]
-    slices = [("all", report)] + list(report["by_tag"].items())
+    slices = [("all", report)] + list(report.get("by_direction", {}).items()) + list(report["by_tag"].items())
     for name, m in slices:
         ab = m["abstention"]
         lines.append(
-            f"| {name} | {m['n']} | {_fmt(m['answer_accuracy'])} | {_fmt(m.get('first_quote_accuracy'))} | "
+            f"| {name} | {m['n']} | {_fmt(m['answer_accuracy'])} | {_fmt(m.get('answerable_accuracy'))} | "
+            f"{_fmt(m.get('first_quote_accuracy'))} | "
             f"{_fmt(m.get('quote_precision'))} | {_fmt(m['retrieval']['evidence']['hit@5'])} | "
             f"{_fmt(m['retrieval']['doc']['hit@5'])} | {_fmt(m['citation_precision'])} | "
             f"{_fmt(ab['precision'])}/{_fmt(ab['recall'])} | {_fmt(ab['false_rate'])} | "
@@ -343,18 +364,30 @@ def _flatten(metrics_: dict, prefix: str = "") -> dict[str, float]:
     return flat
 
 
-def check_thresholds(report: dict, thresholds: dict) -> list[str]:
-    """Failures of `report` against floors like {"answer_accuracy": 0.8, "by_tag.xling.answer_accuracy": 0.7}."""
+def check_thresholds(report: dict, thresholds: dict, section: str | None = None) -> list[str]:
+    """Failures of `report` against floors like {"answer_accuracy": 0.8, "by_tag.xling.answer_accuracy": 0.7}.
+
+    A name written "max NAME" is a ceiling instead (a rate that must stay low). The file's
+    top-level entries are the bundled eval's; `section` picks another eval's ({"xquad": {...}}).
+    """
+    if section is not None:
+        if not isinstance(thresholds.get(section), dict):
+            raise ValueError(f"the thresholds file has no section {section!r}")
+        thresholds = thresholds[section]
     flat = _flatten({k: v for k, v in report.items() if k not in ("questions", "settings", "index_manifest")})
     failures = []
-    for name, floor in thresholds.items():
-        if name.startswith("_"):
-            continue  # comments
+    for key, limit in thresholds.items():
+        if key.startswith("_") or isinstance(limit, dict):
+            continue  # comments, and other evals' sections
+        ceiling = key.startswith("max ")
+        name = key.removeprefix("max ")
         value = flat.get(name)
         if value is None:
             failures.append(f"{name}: missing from the report")
-        elif value < floor:
-            failures.append(f"{name}: {value:.4f} is below the floor {floor}")
+        elif ceiling and value > limit:
+            failures.append(f"{name}: {value:.4f} is above the ceiling {limit}")
+        elif not ceiling and value < limit:
+            failures.append(f"{name}: {value:.4f} is below the floor {limit}")
     return failures
 
 

@@ -91,6 +91,8 @@ _HEADER = re.compile(
 _ANAPHOR = re.compile(
     r"^(?:it|he|she|they|his|her|its|their|this|these|that|those|the|such)\b|^(?:他|她|它|其|该|这|此|那)", re.I
 )
+_STATEMENT_END = re.compile(r"[.!?;。！？；…][\"'”’)）\]]*\s*$")
+_LIST_ITEM = re.compile(r"^\s*(?:[•·▪■►◆●○\-*]|\d+[.)、])\s*")
 _NOT_NAMES = STOPWORDS | QUESTION_WORDS | {"however", "although", "while", "since", "because", "if", "after", "despite"}
 _WORD = re.compile(r"[\u3400-\u9fff]|[A-Za-z]+|\d+")
 
@@ -104,10 +106,12 @@ FIRST_STAGE = (
     "coverage",
     "coverage_gap",
     "coverage_with_neighbours",
+    "whole_coverage",
     "coverage_in_document",
     "local_coverage",
     "local_coverage_gap",
     "local_coverage_with_previous",
+    "local_missing_word",
     "previous_coverage",
     "anaphor",
     "translated_share",
@@ -126,6 +130,8 @@ FIRST_STAGE = (
     "new_words",
     "header",
     "header_not_asked",
+    "statement",
+    "list_item",
     "log_length",
 )
 SECOND_STAGE = (*FIRST_STAGE, "use_similarity", "use_gap")
@@ -138,8 +144,10 @@ ANSWERABLE = (
     "top_missing_word",
     "top_coverage",
     "top_coverage_with_neighbours",
+    "top_whole_coverage",
     "top_coverage_in_document",
     "top_local_coverage",
+    "top_local_missing_word",
     "best_coverage_in_document",
     "unknown_share",
     "top_e5_cosine",
@@ -405,6 +413,8 @@ def candidate_features(index: Index, retrieval, words: QueryWords | None = None)
         bigrams = set(zip(tokens, tokens[1:]))
         present, stems = sentence_terms(normalized)
         found = words.found(present, stems)
+        # "总设计师" is not said by a sentence that holds only its part "设计": a near-topic question's tell.
+        whole = words.found(present, stems, whole_words=True)
         around = set(found)
         previous = words.found(*sentence_terms(normalize(neighbours[0]))) if neighbours and neighbours[0] else set()
         for other in neighbours:
@@ -420,6 +430,7 @@ def candidate_features(index: Index, retrieval, words: QueryWords | None = None)
             "token_overlap": len(q_content & set(tokens)) / len(q_content) if q_content else 0.0,
             "coverage": words.share(found),
             "coverage_with_neighbours": words.share(around),
+            "whole_coverage": words.share(whole),
             "coverage_in_document": words.share(in_document),
             "translated_share": sum(w for t, w in weights.items() if t in present and t not in own_terms)
             / total_weight,
@@ -440,6 +451,9 @@ def candidate_features(index: Index, retrieval, words: QueryWords | None = None)
             "anaphor": float(bool(_ANAPHOR.match(normalized))),
             "header": float(header),
             "header_not_asked": float(header and not (kind.date or kind.source)),
+            # A title, link or menu line does not end like a sentence; a list item starts with a bullet.
+            "statement": float(bool(_STATEMENT_END.search(normalized))),
+            "list_item": float(bool(_LIST_ITEM.match(normalized))),
             "log_length": math.log1p(len(normalized)),
         }
         out.append(Candidate(rank, hit, start, end, text, 0.0, frozenset(found), header, features))
@@ -454,6 +468,10 @@ def candidate_features(index: Index, retrieval, words: QueryWords | None = None)
     for c, previous in zip(out, previous_words):
         c.features["local_coverage"] = sum(local[w] for w in c.words) / local_total
         c.features["local_coverage_with_previous"] = sum(local[w] for w in c.words | previous) / local_total
+        # The word that singles out what is asked ("极光" of 极光大桥 among passages on bridges), unsaid.
+        c.features["local_missing_word"] = max((local[w] for w in local if w not in c.words | previous), default=0.0) / (
+            local_total
+        )
     best_local = max(c.features["local_coverage"] for c in out)
     for c in out:
         c.features["local_coverage_gap"] = c.features["local_coverage"] - best_local
@@ -514,8 +532,10 @@ def answerable_features(rows: Sequence[dict[str, float]], shares: np.ndarray, z:
         "top_missing_word": top["missing_word"],
         "top_coverage": top["coverage"],
         "top_coverage_with_neighbours": top["coverage_with_neighbours"],
+        "top_whole_coverage": top["whole_coverage"],
         "top_coverage_in_document": top["coverage_in_document"],
         "top_local_coverage": top["local_coverage"],
+        "top_local_missing_word": top["local_missing_word"],
         "best_coverage_in_document": max(row["coverage_in_document"] for row in rows),
         "unknown_share": top["unknown_share"],
         "top_e5_cosine": top["e5_cosine"],

@@ -11,10 +11,12 @@ article, kept only when no sentence of the corpus holds the new entity with the 
 question). A sentence is positive when it holds a gold answer and comes from a gold document.
 
 Folds are by article (a question, its other-language twin and its synthetic variants share their
-article's fold), never by question. The thresholds are chosen on the out-of-fold probabilities:
-the abstention threshold for abstention precision >= the target on the real questions, the bar a
-second or third quote must clear for the share of quotes holding gold evidence. Trade-off: the
-candidates come from the current retrieval, so changing retrieval means refitting.
+article's fold), never by question. The thresholds are chosen on the out-of-fold probabilities of
+the real questions: the abstention threshold with the best recall whose abstention precision meets
+--abstention-precision, or, when no threshold does (near-topic questions are hard to tell from
+answerable ones by these features), whose false abstentions stay within --max-false-abstention;
+and the bar a second or third quote must clear for --quote-precision of them to hold the answer.
+Trade-off: the candidates come from the current retrieval, so changing retrieval means refitting.
 """
 
 from __future__ import annotations
@@ -156,7 +158,7 @@ def collect(dataset: Dataset, cache_dir: Path, synthetic: bool = True) -> list[d
     refresh_index(settings, embedder)
     index = load_index(settings.index_dir, embedder)
     use = load_judge()
-    rows = [row for path in dataset.qa_files for row in load_qa(path)]
+    rows = [row for path in dataset.qa_files for row in load_qa(path, skip_bad=True)]
     if synthetic:
         sentences: dict[str, list[str]] = defaultdict(list)
         for chunk in index.chunks:
@@ -438,8 +440,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-false-abstention", type=float, default=0.05, help="the bound used when no threshold meets the precision"
     )
+    # A second quote at a quarter's precision keeps answer accuracy where quoting more did (XQuAD,
+    # out of fold: 0.79 answerable, against 0.75 at 0.5) while two in three quotes hold the answer.
     parser.add_argument(
-        "--quote-precision", type=float, default=0.5, help="how often a second quote must hold gold evidence"
+        "--quote-precision", type=float, default=0.25, help="how often a second quote must hold gold evidence"
     )
     args = parser.parse_args(argv)
 

@@ -126,3 +126,34 @@ def test_bundled_eval_file_is_well_formed():
     assert sum(1 for r in rows if {"q-zh", "doc-en", "xling"} <= set(r["tags"])) >= 15
     for r in rows:
         assert bool(r["answers"]) == bool(r["doc_ids"]), r["id"]
+
+
+def test_quote_metrics_see_a_wrong_quote_beside_a_right_one():
+    rows = [
+        {**_row("q1"), "quotes_with_gold": [True, False]},  # right, but with a filler quote
+        {**_row("q2"), "quotes_with_gold": [False, True]},  # right only by its second quote
+        {**_row("q3", correct=False), "quotes_with_gold": [False]},
+        {**_row("q4", abstained=True, correct=False), "quotes_with_gold": []},
+        {**_row("q5", answerable=False, abstained=True), "quotes_with_gold": []},
+    ]
+    m = evaluate.metrics(rows)
+    assert m["answerable_accuracy"] == pytest.approx(2 / 4)
+    assert m["first_quote_accuracy"] == pytest.approx(1 / 4)  # an abstention on an answerable question is a miss
+    assert m["quote_precision"] == pytest.approx(2 / 5)
+
+
+def test_rows_are_sliced_by_language_direction():
+    assert evaluate.language_direction(["q-en", "doc-zh", "xquad"]) == "en→zh"
+    assert evaluate.language_direction(["q-zh", "doc-zh"]) == "zh→zh"
+    assert evaluate.language_direction(["q-en", "unanswerable"]) is None
+
+
+def test_a_section_of_the_thresholds_and_ceilings():
+    report = {"answer_accuracy": 0.7, "abstention": {"false_rate": 0.08}}
+    floors = {"answer_accuracy": 0.9, "xquad": {"answer_accuracy": 0.6, "max abstention.false_rate": 0.05}}
+    assert evaluate.check_thresholds(report, floors) == ["answer_accuracy: 0.7000 is below the floor 0.9"]
+    assert evaluate.check_thresholds(report, floors, "xquad") == [
+        "abstention.false_rate: 0.0800 is above the ceiling 0.05"
+    ]
+    with pytest.raises(ValueError, match="no section 'cmrc'"):
+        evaluate.check_thresholds(report, floors, "cmrc")

@@ -173,6 +173,36 @@ def test_a_further_quote_only_when_it_clears_the_bar():
     assert [c.text for c in choose_quotes(judged, "What is it, and where is it?", 0.25)] == ["A.", "B.", "C."]
 
 
+def test_each_part_of_a_two_part_question_gets_its_best_quote_if_it_clears_the_bar():
+    from types import SimpleNamespace
+
+    def at(row: int, text: str, probability: float) -> Candidate:
+        return Candidate(0, SimpleNamespace(row=row), 0, len(text), text, probability)
+
+    question = "How many achievements did the forum show, and how many came from Zhejiang?"
+    whole = [at(0, "585 achievements.", 0.8), at(1, "Shanghai 132.", 0.3), at(2, "Zhejiang 165.", 0.1)]
+    part = [at(2, "Zhejiang 165.", 0.7), at(0, "585 achievements.", 0.2)]
+    chosen = choose_quotes(whole, question, 0.25, 2, [part])
+    assert [c.text for c in chosen] == ["585 achievements.", "Zhejiang 165.", "Shanghai 132."]
+    # Below the bar, the part gets nothing; a sentence is never quoted twice.
+    assert [c.text for c in choose_quotes(whole, question, 0.9, 2, [part])] == ["585 achievements."]
+    assert [c.text for c in choose_quotes(whole, question, 0.25, 2, [[at(0, "585 achievements.", 0.9)]])] == [
+        "585 achievements.",
+        "Shanghai 132.",
+    ]
+
+
+def test_question_parts():
+    from rag.answer import question_parts
+
+    assert question_parts("How many did it show, and how many came from Zhejiang?") == [
+        "How many did it show",
+        "how many came from Zhejiang?",
+    ]
+    assert question_parts("论坛展示了多少项成果?其中浙江有多少项?") == ["论坛展示了多少项成果?", "其中浙江有多少项?"]
+    assert question_parts("Where was it held?") == ["Where was it held?"]
+
+
 @pytest.mark.parametrize(
     ("sentence", "question", "lead"),
     [
