@@ -33,7 +33,9 @@ def main() -> int:
     for r in rows:
         if "quotes_with_gold" not in r:
             quotes = [] if r["abstained"] else [m.group(1) for m in _QUOTE.finditer(r["answer"])]
-            r["quotes_with_gold"] = [bool(r["answerable"]) and contains_gold(q, r["gold_answers"], "any") for q in quotes]
+            r["quotes_with_gold"] = [
+                bool(r["answerable"]) and contains_gold(q, r["gold_answers"], "any") for q in quotes
+            ]
     rescored = {"qa_file": report["qa_file"], **metrics(rows)}
     tags = sorted({t for r in rows for t in r["tags"]})
     rescored["by_tag"] = {t: metrics([r for r in rows if t in r["tags"]]) for t in tags}

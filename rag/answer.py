@@ -42,7 +42,9 @@ def asks_two_things(question: str) -> bool:
     return bool(_TWO_QUESTIONS.search(question))
 
 
-_SECOND_PART = re.compile(r"(?<=[?？])\s*(?=\S)|,? and (?=(?:in )?(?:which|what|when|where|who|whom|whose|how)\b)", re.I)
+_SECOND_PART = re.compile(
+    r"(?<=[?？])\s*(?=\S)|,? and (?=(?:in )?(?:which|what|when|where|who|whom|whose|how)\b)", re.I
+)
 
 
 def question_parts(question: str) -> list[str]:

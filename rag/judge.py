@@ -469,9 +469,8 @@ def candidate_features(index: Index, retrieval, words: QueryWords | None = None)
         c.features["local_coverage"] = sum(local[w] for w in c.words) / local_total
         c.features["local_coverage_with_previous"] = sum(local[w] for w in c.words | previous) / local_total
         # The word that singles out what is asked ("极光" of 极光大桥 among passages on bridges), unsaid.
-        c.features["local_missing_word"] = max((local[w] for w in local if w not in c.words | previous), default=0.0) / (
-            local_total
-        )
+        unsaid = [local[w] for w in local if w not in c.words | previous]
+        c.features["local_missing_word"] = max(unsaid, default=0.0) / local_total
     best_local = max(c.features["local_coverage"] for c in out)
     for c in out:
         c.features["local_coverage_gap"] = c.features["local_coverage"] - best_local

@@ -1,4 +1,5 @@
-"""The answer judge with the real models (e5 and USE): which sentence answers, in either language, and when none does."""
+"""The answer judge with the real models (e5 and USE): which sentence answers, in either language, and when
+none does."""
 
 from pathlib import Path
 
@@ -65,7 +66,9 @@ def test_the_answering_sentence_ranks_above_a_same_topic_one(assistant, directio
         *(d for d in CASES if d != "zh→en"),
         # The other document's bridge "于1968年建成通车" wins: e5 rates a same-language sentence higher, and the
         # dictionary has no "bridge" for 大桥 (only a name), so "Aurora" alone cannot outweigh it.
-        pytest.param("zh→en", marks=pytest.mark.xfail(strict=True, reason="another bridge, in the question's language")),
+        pytest.param(
+            "zh→en", marks=pytest.mark.xfail(strict=True, reason="another bridge, in the question's language")
+        ),
     ],
 )
 def test_the_answer_quotes_the_answering_sentence_first(assistant, direction):
