@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 
 import gradio as gr
@@ -245,7 +246,18 @@ def main(argv: list[str] | None = None) -> int:
     # of 20 users (and the Refresh button, which shares it); 64 refused none and still bounds the
     # wait (~13 s when full) so overload gets a clear "queue is full" rather than a hung chat.
     demo.queue(default_concurrency_limit=4, max_size=64)
-    demo.launch(server_name=args.host, server_port=args.port, theme=THEME, css=CSS, footer_links=[], **SECURE_LAUNCH)
+    demo.launch(
+        server_name=args.host,
+        server_port=args.port,
+        theme=THEME,
+        css=CSS,
+        footer_links=[],
+        prevent_thread_lock=True,
+        **SECURE_LAUNCH,
+    )
+    # The page is up: load what the first question needs meanwhile, not before serving it.
+    threading.Thread(target=assistant.warm_up, name="warm-up", daemon=True).start()
+    demo.block_thread()
     return 0
 
 

@@ -79,6 +79,17 @@ class Assistant:
             return self.refresh()
         return None
 
+    def warm_up(self) -> None:
+        """Load what the first question would wait for (index, jieba, dictionaries, the judge), by retrieving once.
+
+        For a server to call once its page is up (about 1-2 s of loading); a failure is left
+        for the first real question to report.
+        """
+        try:
+            self.retrieve("长三角 Yangtze River Delta")
+        except Exception:  # noqa: BLE001 - the first question raises it again, with its message
+            pass
+
     # ------------------------------------------------------------------ answering
 
     def retrieve(self, question: str) -> Retrieval:
