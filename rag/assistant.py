@@ -32,11 +32,10 @@ class Assistant:
         self._refresh_lock = threading.Lock()
         # With an LLM server configured, answers are generated, verified, and fall back to quotes.
         self.llm = LLMAnswerer(settings, self.embedder) if llm_configured(settings) else None
-        # A second, cross-lingual opinion on the best sentences (rag.rerank). Its model loads in the
-        # background from here on, so the first question does not wait for all of it.
+        # A second, cross-lingual opinion on the best sentences (rag.rerank); its model loads on first use.
+        # (Not in a background thread: on 2 cores its loading and the question's contend for the GIL,
+        # and a cold `rag ask` took 0.3-0.4 s longer that way.)
         self.judge = load_judge() if settings.rerank_sentences > 0 else None
-        if self.judge is not None and hasattr(self.judge, "preload"):
-            self.judge.preload()
 
     # ------------------------------------------------------------------ index
 

