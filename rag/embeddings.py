@@ -14,7 +14,6 @@ equal by a test.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import threading
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from rag.bundled_model import BUNDLED_MODEL_NAME, QUERY_PROMPT, bundled_model_dir
+from rag.query_encoder import BertQueryEncoder
 
 _BUNDLED_ALIASES = {BUNDLED_MODEL_NAME, f"intfloat/{BUNDLED_MODEL_NAME}"}
 
@@ -117,78 +117,6 @@ def _load_sentence_transformer(name: str, cache_dir: str):
             f"directory, a model already in the Hugging Face cache, or the bundled default "
             f"{BUNDLED_MODEL_NAME!r}."
         ) from exc
-
-
-class BertQueryEncoder:
-    """The converted model's forward pass in numpy, for one question at a time: no torch.
-
-    The same computation as sentence-transformers over the same files (tokenizer.json through
-    the `tokenizers` library, BERT layers over the fp32 weights of model.safetensors, mean
-    pooling, L2 norm), so vectors agree at cosine ~1.0 (tests/test_bundled_model.py).
-    Weights are memory-mapped: the 384 MB word-embedding table is read a row per token.
-    Trade-off: no batching or padding, which questions, embedded one by one, do not need.
-    """
-
-    def __init__(self, model_dir: Path) -> None:
-        from safetensors import safe_open
-        from scipy.special import erf
-        from tokenizers import Tokenizer
-
-        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-        st_config = json.loads((model_dir / "sentence_bert_config.json").read_text(encoding="utf-8"))
-        self._erf = erf
-        self._heads = int(config["num_attention_heads"])
-        self._layers = int(config["num_hidden_layers"])
-        self._eps = float(config["layer_norm_eps"])
-        self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-        self._tokenizer.no_padding()
-        self._tokenizer.enable_truncation(max_length=int(st_config.get("max_seq_length", 512)))
-        self._file = safe_open(str(model_dir / "model.safetensors"), framework="numpy")
-        self._w = {k: self._file.get_tensor(k) for k in self._file.keys() if k != "embeddings.word_embeddings.weight"}
-        self._words = self._file.get_slice("embeddings.word_embeddings.weight")
-        self.dim = int(config["hidden_size"])
-        # One BLAS thread: these matrices are small, and with two on a busy 2-core machine a
-        # question took 56 ms instead of 22 (the threads wait for each other at every product).
-        from threadpoolctl import ThreadpoolController
-
-        self._threads = ThreadpoolController()
-
-    def _layer_norm(self, x: np.ndarray, name: str) -> np.ndarray:
-        mean = x.mean(-1, keepdims=True)
-        var = ((x - mean) ** 2).mean(-1, keepdims=True)
-        return (x - mean) / np.sqrt(var + self._eps) * self._w[name + ".weight"] + self._w[name + ".bias"]
-
-    def _linear(self, x: np.ndarray, name: str) -> np.ndarray:
-        return x @ self._w[name + ".weight"].T + self._w[name + ".bias"]
-
-    def encode(self, text: str) -> np.ndarray:
-        """The L2-normalised embedding of `text` (prompt included), float32."""
-        with self._threads.limit(limits=1, user_api="blas"):
-            return self._encode(text)
-
-    def _encode(self, text: str) -> np.ndarray:
-        ids = self._tokenizer.encode(text).ids
-        w, n = self._w, len(ids)
-        words = np.concatenate([self._words[i : i + 1] for i in ids])
-        x = words + w["embeddings.position_embeddings.weight"][:n] + w["embeddings.token_type_embeddings.weight"][0]
-        x = self._layer_norm(x, "embeddings.LayerNorm")
-        head_dim = self.dim // self._heads
-        for layer in range(self._layers):
-            p = f"encoder.layer.{layer}."
-            q, k, v = (
-                self._linear(x, p + f"attention.self.{m}").reshape(n, self._heads, head_dim).transpose(1, 0, 2)
-                for m in ("query", "key", "value")
-            )
-            scores = q @ k.transpose(0, 2, 1) / np.float32(np.sqrt(head_dim))
-            scores = np.exp(scores - scores.max(-1, keepdims=True))
-            context = (scores / scores.sum(-1, keepdims=True)) @ v
-            attended = self._linear(context.transpose(1, 0, 2).reshape(n, self.dim), p + "attention.output.dense")
-            x = self._layer_norm(x + attended, p + "attention.output.LayerNorm")
-            hidden = self._linear(x, p + "intermediate.dense")
-            hidden = 0.5 * hidden * (1.0 + self._erf(hidden / np.float32(np.sqrt(2.0))))  # BERT's exact GELU
-            x = self._layer_norm(x + self._linear(hidden, p + "output.dense"), p + "output.LayerNorm")
-        pooled = x.mean(0)
-        return (pooled / max(float(np.linalg.norm(pooled)), 1e-12)).astype(np.float32)
 
 
 class BundledEmbedder:

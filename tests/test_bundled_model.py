@@ -81,6 +81,43 @@ def test_questions_embedded_without_torch_agree_with_sentence_transformers(real_
     assert real_embedder.embed_queries([]).shape == (0, 384)
 
 
+def test_the_trimmed_question_tokenizer_gives_the_ids_of_tokenizer_json(model_cache_dir, tmp_path):
+    """rag.query_encoder tokenizes English/Chinese text with a trimmed vocabulary, the rest with the full one."""
+    import random
+    import re
+    import shutil
+
+    from tokenizers import Tokenizer
+
+    from rag.evaluate import load_qa
+    from rag.query_encoder import QuestionTokenizer
+
+    model_dir = tmp_path / "model"  # a fresh copy: the trimmed files are written by this test
+    model_dir.mkdir()
+    shutil.copy(bundled_model_dir(model_cache_dir) / "tokenizer.json", model_dir)
+    reference = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    reference.enable_truncation(max_length=512)
+    texts = SENTENCES + [r["question"] for r in load_qa(PROJECT_ROOT / "eval" / "qa.jsonl")]
+    for path in sorted((PROJECT_ROOT / "corpus").iterdir()):
+        text = path.read_text(encoding="utf-8")
+        texts += [text, *(s for s in re.split(r"(?<=[。！？.!?])\s*|\n+", text) if s.strip())]
+    # Ties in the unigram lattice (runs of one character), other scripts, special tokens written out.
+    texts += ["x" * 50, "What about xxxxxxxx?", "哈哈哈哈哈哈哈哈", "Café naïve Zürich", "Москва", "<mask> and </s>"]
+    texts += ["ＡＢＣ１２３ full width", "tab\tand\u3000space  and   runs", "①②③ 😀 ﬁ Ⅻ", "\ue000 private use"]
+    rng, alphabet = random.Random(0), "abxyz哈啊的一是。.!? ，？ＡＢ１é"
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 60))) for _ in range(2000)]
+    for _ in range(2):  # the first call writes the trimmed files, the second reads them
+        tokenize = QuestionTokenizer(model_dir, 512)
+        differ = [t[:60] for t in texts if tokenize("query: " + t) != reference.encode("query: " + t).ids]
+        assert differ == []
+    assert tokenize._full is not None  # some texts took the full tokenizer
+    assert sorted(p.name for p in model_dir.iterdir()) == [
+        "tokenizer-common-v1.json",
+        "tokenizer-common-v1.npz",
+        "tokenizer.json",
+    ]
+
+
 def test_answering_from_an_existing_index_imports_no_torch(real_embedder, model_cache_dir, tmp_path):
     """`rag ask` over a built index: no torch, sentence-transformers, transformers, sklearn, gradio, openai."""
     import json
