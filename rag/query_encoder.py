@@ -36,7 +36,8 @@ class QuestionTokenizer:
     occur in the normalised text, so for a text made of those characters the trimmed vocabulary
     offers the same pieces with the same scores and gives the same segmentation; ids are mapped
     back. Any other text (accents, other scripts, a special token written out) goes to the full
-    tokenizer, loaded then. Checked on the corpus, the eval questions and 3,000 random strings.
+    tokenizer, loaded then. Checked on the corpus, the eval questions and 2,000 random strings
+    (tests/test_bundled_model.py).
     """
 
     def __init__(self, model_dir: Path, max_length: int) -> None:
