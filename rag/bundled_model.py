@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 BUNDLED_MODEL_NAME = "multilingual-e5-small"
+QUERY_PROMPT, PASSAGE_PROMPT = "query: ", "passage: "  # what e5 was trained with
 _FORMAT_VERSION = 1  # bump when the converted directory's layout changes
 _QK = 32  # weights per Q4_0 block
 _Q4_BLOCK = np.dtype([("d", "<f2"), ("qs", "u1", (16,))])
@@ -212,7 +213,7 @@ def _write_model_dir(target: Path) -> None:
     _write_json(
         target / "config_sentence_transformers.json",
         {
-            "prompts": {"query": "query: ", "document": "passage: "},
+            "prompts": {"query": QUERY_PROMPT, "document": PASSAGE_PROMPT},
             "default_prompt_name": None,
             "similarity_fn_name": "cosine",
             "model_type": "SentenceTransformer",

@@ -12,11 +12,16 @@ Place abbreviations (沪 Shanghai, 浙 Zhejiang, 皖 Anhui) keep the name CC-CED
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import json
+import os
 import re
-from collections.abc import Collection, Iterable, Sequence
+import sqlite3
+import tempfile
+import threading
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +46,7 @@ _SKIP_SENSE = re.compile(
 # text writes 沪苏浙皖 for Shanghai, Jiangsu, Zhejiang, Anhui), so the sense is the proper name.
 _ABBREVIATION = re.compile(r"^(?:abbr\. for|short name for) ([A-Z][\w-]*(?: [A-Z][\w-]*)*)")
 _BRACKETED = re.compile(r"\([^)]*\)|\[[^\]]*\]|\S*[\u3400-\u9fff]\S*")
-DICTIONARY_FORMAT = 2
+DICTIONARY_FORMAT = 3  # 3: an SQLite file read word by word (2: one JSON document)
 # Dictionary candidates kept per word, best first (the weight is shared among them).
 MAX_CANDIDATES = 6
 # Senses of a Chinese word used for its English translation: the first ones are the common ones.
@@ -126,23 +131,106 @@ def _default_cache_dir() -> Path:
     return Settings.from_env().cache_dir
 
 
+class DictionaryTable(Mapping):
+    """One direction of the dictionary, read word by word from its SQLite file.
+
+    A question looks up a few dozen words; parsing the whole dictionary as JSON took 0.5-1.1 s
+    of every `rag ask`, opening the SQLite file takes about a millisecond.
+    """
+
+    def __init__(self, connection: sqlite3.Connection, lock: threading.Lock, table: str) -> None:
+        self._connection = connection
+        self._lock = lock  # the connection is shared by the web chat's threads
+        self._table = table
+
+    def get(self, key, default=None):
+        with self._lock:
+            row = self._connection.execute(f"SELECT v FROM {self._table} WHERE k = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def __getitem__(self, key: str) -> list[str]:
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return self.get(key) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        with self._lock:
+            keys = [k for (k,) in self._connection.execute(f"SELECT k FROM {self._table}")]
+        return iter(keys)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._connection.execute(f"SELECT count(*) FROM {self._table}").fetchone()[0]
+
+
+def _write_dictionary(data: dict, path: Path) -> None:
+    """Write `data` as the SQLite file at `path`, atomically.
+
+    Under a unique temporary name in the same folder, then renamed: two processes building it
+    at once each write their own file, and a reader only ever opens a complete one.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        connection = sqlite3.connect(tmp)
+        try:
+            connection.execute("CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT) WITHOUT ROWID")
+            connection.execute("INSERT INTO meta VALUES ('format', ?)", (str(data["format"]),))
+            for table in ("zh_en", "en_zh"):
+                connection.execute(f"CREATE TABLE {table} (k TEXT PRIMARY KEY, v TEXT NOT NULL) WITHOUT ROWID")
+                rows = ((k, json.dumps(v, ensure_ascii=False)) for k, v in data[table].items())
+                connection.executemany(f"INSERT INTO {table} VALUES (?, ?)", rows)
+            connection.commit()
+        finally:
+            connection.close()
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _open_dictionary(path: Path) -> dict | None:
+    """The dictionary in the SQLite file at `path`; None when it is missing, damaged or of another format."""
+    if not path.is_file():
+        return None
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+    except sqlite3.Error:
+        return None
+    try:
+        row = connection.execute("SELECT v FROM meta WHERE k = 'format'").fetchone()
+    except sqlite3.Error:
+        connection.close()
+        return None
+    if row is None or row[0] != str(DICTIONARY_FORMAT):
+        connection.close()
+        return None
+    lock = threading.Lock()
+    return {
+        "format": DICTIONARY_FORMAT,
+        "zh_en": DictionaryTable(connection, lock, "zh_en"),
+        "en_zh": DictionaryTable(connection, lock, "en_zh"),
+    }
+
+
 @functools.lru_cache(maxsize=4)
 def load_dictionary(cache_dir: Path | None = None) -> dict:
-    """Both directions of CC-CEDICT, built on first use and cached as JSON under `cache_dir`."""
+    """Both directions of CC-CEDICT ("zh_en", "en_zh"), built on first use into an SQLite file under `cache_dir`."""
     cache_dir = cache_dir or _default_cache_dir()
-    path = cache_dir / f"cedict-v{DICTIONARY_FORMAT}.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("format") == DICTIONARY_FORMAT:
-            return data
-    except (OSError, ValueError):
-        pass
-    data = _build_dictionary()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
-    tmp.replace(path)
-    return data
+    path = cache_dir / f"cedict-v{DICTIONARY_FORMAT}.sqlite"
+    dictionary = _open_dictionary(path)
+    if dictionary is None:
+        _write_dictionary(_build_dictionary(), path)
+        dictionary = _open_dictionary(path)
+    if dictionary is None:  # pragma: no cover - written just above
+        raise RuntimeError(f"cannot read the CC-CEDICT cache {path}: delete it to rebuild it")
+    return dictionary
 
 
 # --------------------------------------------------------------------------- translation

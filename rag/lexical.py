@@ -49,7 +49,15 @@ def _segmenter():
     if _jieba is None:
         import jieba
 
+        from rag.config import Settings
+
         jieba.setLogLevel(logging.WARNING)
+        # jieba builds its dictionary (~1-2 s) into a cache file it then reloads (0.4-1 s), by
+        # default in the system's temp folder, which reboots and cleaners empty: keep it with our
+        # other caches. jieba writes it under a unique temporary name and renames it.
+        cache_dir = Settings.from_env().cache_dir
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        jieba.dt.tmp_dir = str(cache_dir)
         _jieba = jieba
     return _jieba
 

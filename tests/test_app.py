@@ -69,6 +69,9 @@ class LaunchRecorder:
     def launch(self, **kwargs):
         LaunchRecorder.launched = True
 
+    def block_thread(self):
+        pass  # app.main serves until interrupted; the recorder returns at once
+
 
 def test_the_app_serves_an_existing_index_with_a_warning_when_the_corpus_folder_is_missing(
     settings, embedder, monkeypatch, capsys, tmp_path

