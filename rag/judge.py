@@ -228,7 +228,12 @@ def lead_value(text: str, question: str) -> str | None:
         found = [m.group() for m in _FULL_DATE.finditer(text) if m.group() not in q]
     elif kind.number:
         asked = set(_NUMBER.findall(q))
-        found = [m.group() for m in _LEAD_NUMBER.finditer(text) if _NUMBER.match(m.group()).group() not in asked]
+        dates = [m.span() for m in _FULL_DATE.finditer(text)]  # "6月6日" is when, not how many
+        found = [
+            m.group()
+            for m in _LEAD_NUMBER.finditer(text)
+            if _NUMBER.match(m.group()).group() not in asked and not any(a <= m.start() < b for a, b in dates)
+        ]
     elif kind.name:
         found = new_names(text, question)
     else:

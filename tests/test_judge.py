@@ -214,6 +214,8 @@ def test_question_parts():
         # Two numbers, or none of the kind asked for: no lead.
         ("Shanghai had 132 and Jiangsu 127.", "How many were there?", None),
         ("The council meets twice a year.", "What does the council do?", None),
+        # A date's numbers are when, not how many.
+        ("6月6日上午,论坛集中展示了585项重大科技成果。", "论坛集中展示了多少项重大科技成果?", "585"),
         # The question's own number is not the answer.
         ("In 2020, 585 achievements were shown.", "How many achievements were shown in 2020?", "585"),
     ],
