@@ -88,6 +88,8 @@ class Answer:
     query: str = ""
     # The quoted sentences in the order the answer gives them, the best first.
     quotes: list[str] = field(default_factory=list)
+    # The number, date or name asked for, when the best sentence holds exactly one: the answer opens with it.
+    lead: str | None = None
 
     def to_json(self) -> dict:
         out = {
@@ -107,6 +109,8 @@ class Answer:
             out["query"] = self.query
         if self.quotes:
             out["quotes"] = self.quotes
+        if self.lead:
+            out["lead"] = self.lead
         return out
 
 
@@ -237,7 +241,7 @@ def extractive_answer(
         parts.append(f"{label}{c.text.strip()} [{n}]")
     lead = lead_value(normalize(chosen[0].text), question)
     if lead:
-        parts[0] = f"**{lead}** — {parts[0]}"
+        parts[0] = f"{lead_prefix(lead)}{parts[0]}"
     citations = [
         _citation(
             n, retrieval.hits[rank], titles.get(retrieval.hits[rank].chunk.doc_id, ""), tuple(sorted(quoted[rank]))
@@ -245,13 +249,10 @@ def extractive_answer(
         for rank, n in numbers.items()
     ]
     text = ("" if language == "zh" else " ").join(parts)
-    return Answer(
-        question,
-        text,
-        False,
-        citations,
-        [],
-        evidence=evidence,
-        language=language,
-        quotes=[c.text.strip() for c in chosen],
-    )
+    quotes = [c.text.strip() for c in chosen]
+    return Answer(question, text, False, citations, [], evidence=evidence, language=language, quotes=quotes, lead=lead)
+
+
+def lead_prefix(lead: str) -> str:
+    """How an answer opens with its lead value: "**585** — " (Markdown bold, as a terminal shows it too)."""
+    return f"**{lead}** — "

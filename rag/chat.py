@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from rag.answer import Answer, Citation
+from rag.answer import Answer, Citation, lead_prefix
 from rag.documents import DocumentError, load_document
 from rag.indexing import Index
 
@@ -94,6 +94,10 @@ def format_answer(answer: Answer, text: str | None = None, final: bool = True) -
     text = answer.answer if text is None else text
     by_number = {c.n: c for c in answer.citations}
     parts, last = [], 0
+    if answer.lead and text.startswith(lead_prefix(answer.lead)):
+        # The value asked for, in bold; the rest of the text stays inert.
+        parts.append(f"<strong>{escape_html(answer.lead)}</strong> — ")
+        last = len(lead_prefix(answer.lead))
     for m in _MARKER.finditer(text):
         parts.append(escape_markdown(text[last : m.start()]))
         parts.append(_marker_html(int(m.group(1)), by_number.get(int(m.group(1)))))

@@ -303,3 +303,16 @@ def test_a_streaming_draft_is_escaped_and_marked_unverified():
     assert "<img" not in message
     assert "checked when the answer is complete" in message
     assert "回答完成后会核对引用" in draft_message("585", "zh")
+
+
+def test_the_lead_value_is_bold_and_the_rest_stays_inert():
+    answer = Answer(
+        "How many?",
+        "**585** — <b>585</b> achievements were **shown**. [1]",
+        False,
+        [Citation(1, "a.txt", "A", "c1", "585 achievements were shown.", 0, 28, 0.5)],
+        lead="585",
+    )
+    html = format_answer(answer)
+    assert html.startswith("<strong>585</strong> — ")
+    assert "<b>" not in html and "**shown**" not in html  # escaped, not rendered
