@@ -1,7 +1,8 @@
 """Settings: one frozen dataclass, filled from flags, then environment variables, then defaults.
 
-Paths default to the project's own `corpus/` and `index/`, so the quick start needs no setup;
-`RAG_HOME` moves every default (index, model cache) at once, which is what tests redirect.
+Paths default to the bundled corpus and, in a repository checkout, its `index/`, so the quick start
+needs no setup; an installed package keeps its index in the user cache instead (site-packages may be
+read-only). `RAG_HOME` moves every default (index, model cache) at once, which is what tests redirect.
 """
 
 from __future__ import annotations
@@ -10,7 +11,11 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parent
+PROJECT_ROOT = PACKAGE_DIR.parent
+# A checkout (or an editable install of one) has the repository around the package; a wheel has
+# site-packages there, and the bundled data inside the package (pyproject's package-dir).
+IN_CHECKOUT = (PROJECT_ROOT / "pyproject.toml").is_file() and (PROJECT_ROOT / "corpus").is_dir()
 DEFAULT_EMBED_MODEL = "multilingual-e5-small"
 
 # Environment variable for each setting a user may want to change without a flag.
@@ -36,21 +41,30 @@ def _home() -> Path | None:
     return Path(home) if home else None
 
 
+def bundled(name: str) -> Path:
+    """The bundled `corpus` or `eval` folder: the repository's own, else the installed package's copy."""
+    return PROJECT_ROOT / name if IN_CHECKOUT else PACKAGE_DIR / "data" / name
+
+
+def _user_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rag"
+
+
 def _default_index_dir() -> Path:
     home = _home()
-    return home / "index" if home else PROJECT_ROOT / "index"
+    if home:
+        return home / "index"
+    return PROJECT_ROOT / "index" if IN_CHECKOUT else _user_cache() / "index"
 
 
 def _default_cache_dir() -> Path:
     home = _home()
-    if home:
-        return home / "cache"
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rag"
+    return home / "cache" if home else _user_cache()
 
 
 @dataclass(frozen=True)
 class Settings:
-    corpus_dir: Path = field(default_factory=lambda: PROJECT_ROOT / "corpus")
+    corpus_dir: Path = field(default_factory=lambda: bundled("corpus"))
     index_dir: Path = field(default_factory=_default_index_dir)
     embed_model: str = DEFAULT_EMBED_MODEL
     cache_dir: Path = field(default_factory=_default_cache_dir)
