@@ -94,8 +94,9 @@ def _build_portable(target: Path) -> None:
     from filelock import FileLock
 
     target.parent.mkdir(parents=True, exist_ok=True)
+    stamp = f"{LLAMA_CPP_REQUIREMENT}\n{PORTABLE_CMAKE_ARGS}\n"  # a new requirement or flags: a new build
     with FileLock(f"{target}.lock"):  # two test sessions at once build it once
-        if (target / "BUILT").exists():
+        if (target / "BUILT").is_file() and (target / "BUILT").read_text(encoding="utf-8") == stamp:
             return
         staging = target.with_name(target.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
@@ -117,7 +118,7 @@ def _build_portable(target: Path) -> None:
             )
         if pip.returncode != 0:
             pytest.fail(f"building {LLAMA_CPP_REQUIREMENT} failed (log: {log}):\n{log.read_text()[-3000:]}")
-        (staging / "BUILT").write_text(f"{LLAMA_CPP_REQUIREMENT}\n{PORTABLE_CMAKE_ARGS}\n", encoding="utf-8")
+        (staging / "BUILT").write_text(stamp, encoding="utf-8")
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
         print(f"built a portable llama-cpp-python in {time.monotonic() - started:.0f} s: {target}", file=sys.stderr)
