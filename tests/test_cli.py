@@ -117,3 +117,21 @@ def test_the_llm_server_test_builds_what_the_extra_declares():
     source = (ROOT / "tests" / "test_llm_server.py").read_text(encoding="utf-8")
     built = re.search(r'^LLAMA_CPP_REQUIREMENT = "(.+)"$', source, re.M).group(1)
     assert extra["llm-server"] == [built]
+
+
+def test_an_installed_package_reads_its_bundled_data_and_keeps_its_index_in_the_user_cache(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    import rag.config
+
+    monkeypatch.setattr(rag.config, "IN_CHECKOUT", False)  # site-packages around the package, no repository
+    monkeypatch.delenv("RAG_HOME")
+    monkeypatch.delenv("RAG_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    settings = Settings()
+    assert settings.corpus_dir == rag.config.PACKAGE_DIR / "data" / "corpus"
+    assert rag.config.bundled("eval") == rag.config.PACKAGE_DIR / "data" / "eval"
+    assert settings.index_dir == tmp_path / "xdg" / "rag" / "index"
+    assert settings.cache_dir == tmp_path / "xdg" / "rag"
+    monkeypatch.setenv("RAG_HOME", str(tmp_path / "home"))
+    assert Settings().index_dir == tmp_path / "home" / "index"
