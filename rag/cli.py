@@ -10,7 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from rag.config import ENV_VARS, Settings
+from rag.config import USER_SETTINGS, Settings, bundled
 
 EXAMPLES = """\
 examples:
@@ -18,56 +18,38 @@ examples:
   rag ask --json "Where was the 2023 symposium held?"
   rag index --corpus ~/my-docs --index-dir ~/my-docs-index
   RAG_CORPUS_DIR=~/my-docs rag ask "What does the contract say about renewal?"
-  rag eval --qa eval/qa.jsonl --out eval/report
+  rag eval --out eval/report
   rag eval --compare eval/report-before/report.json eval/report/report.json
   rag serve --port 7860
   RAG_LLM_BASE_URL=http://127.0.0.1:11434/v1 RAG_LLM_MODEL=qwen2.5:3b rag ask "Where was the 2023 symposium held?"
   rag eval --llm --llm-base-url http://127.0.0.1:8080/v1 --llm-model local --out eval/report-llm
 
 environment variables (a flag wins over its variable):
-""" + "\n".join(f"  {var:<24} --{name.replace('_', '-')}" for name, var in ENV_VARS.items())
+""" + "\n".join(
+    [f"  {s.env:<24} {s.flag}" for s in USER_SETTINGS]
+    + [
+        f"  {'RAG_HOME':<24} moves the index and model cache defaults under one folder",
+        f"  {'RAG_HOST':<24} rag serve --host",
+        f"  {'RAG_PORT':<24} rag serve --port",
+    ]
+)
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--corpus", dest="corpus_dir", help="folder of documents [RAG_CORPUS_DIR]")
-    parser.add_argument("--index-dir", dest="index_dir", help="where the index lives [RAG_INDEX_DIR]")
-    parser.add_argument(
-        "--model", dest="embed_model", help="sentence-transformers model name or path [RAG_EMBED_MODEL]"
-    )
-    parser.add_argument("--cache-dir", dest="cache_dir", help="model cache [RAG_CACHE_DIR]")
-    parser.add_argument("--top-k", dest="top_k", type=int, help="passages per answer [RAG_TOP_K]")
-    parser.add_argument(
-        "--abstain-threshold",
-        dest="abstain_threshold",
-        type=float,
-        help="evidence below this abstains [RAG_ABSTAIN_THRESHOLD]",
-    )
-    parser.add_argument(
-        "--llm-base-url",
-        dest="llm_base_url",
-        help="OpenAI-compatible server for generated answers, e.g. http://127.0.0.1:11434/v1 [RAG_LLM_BASE_URL]",
-    )
-    parser.add_argument("--llm-model", dest="llm_model", help="model name on that server [RAG_LLM_MODEL]")
-    parser.add_argument("--llm-api-key", dest="llm_api_key", help="API key, if the server wants one [RAG_LLM_API_KEY]")
-    parser.add_argument(
-        "--llm-timeout", dest="llm_timeout", type=float, help="seconds to wait for the LLM server [RAG_LLM_TIMEOUT]"
-    )
+    """Every user setting's flag, from the one table in rag.config (Settings' `option` fields)."""
+    for s in USER_SETTINGS:
+        parser.add_argument(
+            s.flag,
+            dest=s.name,
+            type=s.kind,
+            choices=s.choices,
+            metavar=None if s.choices else "DIR" if s.type == "Path" else s.flag.split("-")[-1].upper(),
+            help=s.help_text,
+        )
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    names = (
-        "corpus_dir",
-        "index_dir",
-        "embed_model",
-        "cache_dir",
-        "top_k",
-        "abstain_threshold",
-        "llm_base_url",
-        "llm_model",
-        "llm_api_key",
-        "llm_timeout",
-    )
-    return Settings.from_env(**{n: getattr(args, n, None) for n in names})
+    return Settings.from_env(**{s.name: getattr(args, s.name, None) for s in USER_SETTINGS})
 
 
 def _assistant(settings: Settings, refresh: bool = True):
@@ -230,11 +212,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import runpy
+    from rag.web import main as serve
 
-    sys.argv = ["app.py", "--host", args.host, "--port", str(args.port)]
-    runpy.run_path(str(Path(__file__).resolve().parent.parent / "app.py"), run_name="__main__")
-    return 0
+    return serve(["--host", args.host, "--port", str(args.port)], settings=_settings(args))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -283,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--qa",
         nargs="+",
-        default=[str(Path(__file__).resolve().parent.parent / "eval" / "qa.jsonl")],
+        default=[str(bundled("eval") / "qa.jsonl")],
         help="JSONL files of questions, read as one set (default: the bundled eval/qa.jsonl)",
     )
     p.add_argument("--out", default="eval/report", help="folder for report.json/.md/.png")
@@ -310,9 +290,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("serve", help="start the web chat")
-    p.add_argument("--host", default=os.environ.get("RAG_HOST", "127.0.0.1"))
-    p.add_argument("--port", type=int, default=int(os.environ.get("RAG_PORT", "7860")))
+    p = sub.add_parser(
+        "serve",
+        help="start the web chat (builds or refreshes the index first)",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_settings_flags(p)
+    p.add_argument("--host", default=os.environ.get("RAG_HOST", "127.0.0.1"), help="address to listen on [RAG_HOST]")
+    p.add_argument("--port", type=int, default=int(os.environ.get("RAG_PORT", "7860")), help="[RAG_PORT]")
     p.set_defaults(func=cmd_serve)
     return parser
 

@@ -1,35 +1,27 @@
 """Settings: one frozen dataclass, filled from flags, then environment variables, then defaults.
 
-Paths default to the project's own `corpus/` and `index/`, so the quick start needs no setup;
-`RAG_HOME` moves every default (index, model cache) at once, which is what tests redirect.
+A setting a user may change is declared with `option(default, flag=, env=, help=)`: that one line
+gives it its `rag` flag, its environment variable and its help text (rag.cli builds the parser from
+`USER_SETTINGS`), so the three cannot drift apart. A plain `field` or default is internal.
+
+Paths default to the bundled corpus and, in a repository checkout, its `index/`, so the quick start
+needs no setup; an installed package keeps its index in the user cache instead (site-packages may be
+read-only). `RAG_HOME` moves every default (index, model cache) at once, which is what tests redirect.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parent
+PROJECT_ROOT = PACKAGE_DIR.parent
+# A checkout (or an editable install of one) has the repository around the package; a wheel has
+# site-packages there, and the bundled data inside the package (pyproject's package-dir).
+IN_CHECKOUT = (PROJECT_ROOT / "pyproject.toml").is_file() and (PROJECT_ROOT / "corpus").is_dir()
 DEFAULT_EMBED_MODEL = "multilingual-e5-small"
-
-# Environment variable for each setting a user may want to change without a flag.
-ENV_VARS = {
-    "corpus_dir": "RAG_CORPUS_DIR",
-    "index_dir": "RAG_INDEX_DIR",
-    "embed_model": "RAG_EMBED_MODEL",
-    "cache_dir": "RAG_CACHE_DIR",
-    "top_k": "RAG_TOP_K",
-    "index_type": "RAG_INDEX_TYPE",
-    "abstain_threshold": "RAG_ABSTAIN_THRESHOLD",
-    "quote_threshold": "RAG_QUOTE_THRESHOLD",
-    "llm_base_url": "RAG_LLM_BASE_URL",
-    "llm_model": "RAG_LLM_MODEL",
-    "llm_api_key": "RAG_LLM_API_KEY",
-    "llm_timeout": "RAG_LLM_TIMEOUT",
-    "max_document_mb": "RAG_MAX_DOCUMENT_MB",
-    "rerank_sentences": "RAG_RERANK_SENTENCES",
-}
 
 
 def _home() -> Path | None:
@@ -37,52 +29,129 @@ def _home() -> Path | None:
     return Path(home) if home else None
 
 
+def bundled(name: str) -> Path:
+    """The bundled `corpus` or `eval` folder: the repository's own, else the installed package's copy."""
+    return PROJECT_ROOT / name if IN_CHECKOUT else PACKAGE_DIR / "data" / name
+
+
+def _user_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rag"
+
+
 def _default_index_dir() -> Path:
     home = _home()
-    return home / "index" if home else PROJECT_ROOT / "index"
+    if home:
+        return home / "index"
+    return PROJECT_ROOT / "index" if IN_CHECKOUT else _user_cache() / "index"
 
 
 def _default_cache_dir() -> Path:
     home = _home()
-    if home:
-        return home / "cache"
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rag"
+    return home / "cache" if home else _user_cache()
+
+
+def option(
+    default: Any = MISSING,
+    *,
+    factory: Any = MISSING,
+    flag: str,
+    env: str,
+    help: str,
+    choices: tuple[str, ...] | None = None,
+) -> Any:
+    """A Settings field a user may change, with its flag, environment variable and help text."""
+    metadata = {"flag": flag, "env": env, "help": help, "choices": choices}
+    return field(default=default, default_factory=factory, metadata=metadata)
 
 
 @dataclass(frozen=True)
 class Settings:
-    corpus_dir: Path = field(default_factory=lambda: PROJECT_ROOT / "corpus")
-    index_dir: Path = field(default_factory=_default_index_dir)
-    embed_model: str = DEFAULT_EMBED_MODEL
-    cache_dir: Path = field(default_factory=_default_cache_dir)
+    corpus_dir: Path = option(
+        factory=lambda: bundled("corpus"),
+        flag="--corpus",
+        env="RAG_CORPUS_DIR",
+        help="folder of .txt/.md/.html documents, sub-folders included (default: the bundled corpus)",
+    )
+    index_dir: Path = option(
+        factory=_default_index_dir,
+        flag="--index-dir",
+        env="RAG_INDEX_DIR",
+        help="where the index lives (default: index/ in a checkout of the repository, else ~/.cache/rag/index)",
+    )
+    embed_model: str = option(
+        DEFAULT_EMBED_MODEL,
+        flag="--model",
+        env="RAG_EMBED_MODEL",
+        help="sentence-transformers model name or path (default: the bundled multilingual-e5-small)",
+    )
+    cache_dir: Path = option(
+        factory=_default_cache_dir,
+        flag="--cache-dir",
+        env="RAG_CACHE_DIR",
+        help="where the bundled model is converted once (default: ~/.cache/rag)",
+    )
     # Chunk size in tokens of the embedding model; calibrated on eval/qa.jsonl.
     chunk_tokens: int = 160
     chunk_overlap: int = 32
     # Files larger than this are skipped with a reason: memory while indexing one is ~28x its size
     # (bench/bigfile.py), so the default keeps a single file under ~2 GB.
-    max_document_mb: float = 64
+    max_document_mb: float = option(
+        64, flag="--max-document-mb", env="RAG_MAX_DOCUMENT_MB", help="larger files are skipped with a reason"
+    )
     # Passages shown to the answerer, and candidates each retriever contributes to fusion.
-    top_k: int = 5
+    top_k: int = option(5, flag="--top-k", env="RAG_TOP_K", help="passages per answer")
     candidates: int = 40
     rrf_k: int = 60
     # Vector index type: auto | flat | hnsw | ivfpq; auto is exact up to 200k vectors (rag.store).
-    index_type: str = "auto"
+    index_type: str = option(
+        "auto",
+        flag="--index-type",
+        env="RAG_INDEX_TYPE",
+        help="vector index: auto is exact (flat) up to 200k vectors, IVF-PQ with re-ranking above",
+        choices=("auto", "flat", "hnsw", "ivfpq"),
+    )
     # Passages whose sentences the answer judge (rag.judge) reads, before the best `top_k` are shown.
     candidate_passages: int = 8
-    # The answer judge's probability below which the assistant abstains, and the one a second or
-    # third quote must clear; None takes the values calibrated with the judge (rag/judge.json).
-    abstain_threshold: float | None = None
-    quote_threshold: float | None = None
+    # The answer judge's thresholds; None takes the values calibrated with it (rag/judge.json, refit
+    # with `python -m rag.train_judge`).
+    abstain_threshold: float | None = option(
+        None,
+        flag="--abstain-threshold",
+        env="RAG_ABSTAIN_THRESHOLD",
+        help="abstain when the answer judge's P(some sentence answers) is below this "
+        "(default: the value calibrated with the judge, in rag/judge.json)",
+    )
+    quote_threshold: float | None = option(
+        None,
+        flag="--quote-threshold",
+        env="RAG_QUOTE_THRESHOLD",
+        help="quote a second or third sentence only when its P(it answers) reaches this "
+        "(default: the value calibrated with the judge, in rag/judge.json)",
+    )
     max_answer_sentences: int = 2
     # The best sentences the answer judge reads a second time with the cross-lingual Universal
     # Sentence Encoder (rag.judge, rag.rerank); 0 turns that off.
-    rerank_sentences: int = 8
+    rerank_sentences: int = option(
+        8,
+        flag="--rerank-sentences",
+        env="RAG_RERANK_SENTENCES",
+        help="best sentences the answer judge reads again with the cross-lingual USE model; 0 turns it off",
+    )
     # An OpenAI-compatible chat server (see rag.llm); with no model set, answers are extractive.
-    llm_base_url: str | None = None
-    llm_model: str | None = None
-    llm_api_key: str | None = None
+    llm_base_url: str | None = option(
+        None,
+        flag="--llm-base-url",
+        env="RAG_LLM_BASE_URL",
+        help="OpenAI-compatible server for generated answers, e.g. http://127.0.0.1:11434/v1",
+    )
+    llm_model: str | None = option(None, flag="--llm-model", env="RAG_LLM_MODEL", help="model name on that server")
+    llm_api_key: str | None = option(
+        None, flag="--llm-api-key", env="RAG_LLM_API_KEY", help="API key, if the server wants one"
+    )
     # Seconds to wait for the connection and for each read of the stream.
-    llm_timeout: float = 60.0
+    llm_timeout: float = option(
+        60.0, flag="--llm-timeout", env="RAG_LLM_TIMEOUT", help="seconds to wait for the LLM server"
+    )
     # Passages sent to the LLM are dropped from the end, whole, until they fit this many tokens.
     llm_context_tokens: int = 1500
     llm_max_tokens: int = 400
@@ -91,11 +160,10 @@ class Settings:
     def from_env(cls, **overrides: object) -> Settings:
         """Flags (non-None overrides) win over environment variables, which win over defaults."""
         values: dict[str, object] = {}
-        types = {f.name: f.type for f in fields(cls)}
-        for name, var in ENV_VARS.items():
-            raw = os.environ.get(var)
+        for setting in USER_SETTINGS:
+            raw = os.environ.get(setting.env)
             if raw:
-                values[name] = _coerce(types[name], raw, var)
+                values[setting.name] = setting.parse(raw, setting.env)
         values.update({k: v for k, v in overrides.items() if v is not None})
         for name in ("corpus_dir", "index_dir", "cache_dir"):
             if name in values:
@@ -106,13 +174,44 @@ class Settings:
         return replace(self, **changes)
 
 
-def _coerce(type_name: object, raw: str, var: str) -> object:
-    kind = str(type_name).removesuffix(" | None")
-    try:
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-    except ValueError as exc:
-        raise ValueError(f"{var}={raw!r} is not a valid {kind}") from exc
-    return raw
+@dataclass(frozen=True)
+class UserSetting:
+    """One row of the settings table: a Settings field with its flag, variable and help text."""
+
+    name: str
+    flag: str
+    env: str
+    help: str
+    type: str  # the annotation as written: "int", "float", "str", "Path", "str | None"
+    choices: tuple[str, ...] | None = None
+    default: object = None  # a plain default, shown in the help; None for computed ones
+
+    @classmethod
+    def of(cls, f: Field) -> UserSetting:
+        m = f.metadata
+        default = None if f.default is MISSING else f.default
+        return cls(f.name, m["flag"], m["env"], m["help"], str(f.type), m["choices"], default)
+
+    @property
+    def help_text(self) -> str:
+        default = "" if self.default is None else f" (default: {self.default})"
+        return f"{self.help}{default} [{self.env}]"
+
+    @property
+    def kind(self) -> type:
+        """What argparse converts a flag's text to; paths stay text until from_env expands `~`."""
+        return {"int": int, "float": float}.get(self.type.removesuffix(" | None"), str)
+
+    def parse(self, raw: str, source: str) -> object:
+        try:
+            value = self.kind(raw)
+        except ValueError as exc:
+            raise ValueError(f"{source}={raw!r} is not a valid {self.type}") from exc
+        if self.choices and value not in self.choices:
+            raise ValueError(f"{source}={raw!r}: choose one of {', '.join(self.choices)}")
+        return value
+
+
+# The table, in declaration order, and each setting's environment variable by field name.
+USER_SETTINGS = tuple(UserSetting.of(f) for f in fields(Settings) if "env" in f.metadata)
+ENV_VARS = {s.name: s.env for s in USER_SETTINGS}

@@ -14,7 +14,6 @@ Trade-off: each refresh rewrites the (small) metadata files whole.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -295,22 +294,28 @@ def _read_chunks(path: Path) -> tuple[list[Chunk], list[list[str]]]:
 @contextlib.contextmanager
 def index_lock(index_dir: Path, wait: bool = True) -> Iterator[None]:
     """One writer at a time; a second `rag index` waits (or, with wait=False, stops)."""
+    # filelock, not fcntl: the same OS-level lock (flock on POSIX, LockFileEx on Windows) on every
+    # platform, released by the OS if the process dies, so a killed `rag index` never blocks the next.
+    from filelock import FileLock, Timeout
+
     index_dir.mkdir(parents=True, exist_ok=True)
-    with (index_dir / ".lock").open("w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if not wait:
-                raise IndexError_(f"another `rag index` is updating {index_dir}; try again later") from None
-            print(f"waiting for another `rag index` to finish with {index_dir} ...", file=sys.stderr)
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    lock = FileLock(index_dir / ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if not wait:
+            raise IndexError_(f"another `rag index` is updating {index_dir}; try again later") from None
+        print(f"waiting for another `rag index` to finish with {index_dir} ...", file=sys.stderr)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _fsync_dir(path: Path) -> None:
+    if os.name == "nt":  # Windows cannot open a directory; NTFS journals the rename itself
+        return
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -3,7 +3,7 @@
 import copy
 from types import SimpleNamespace
 
-import app
+from rag import web
 from rag.answer import Answer, Citation
 
 
@@ -31,7 +31,7 @@ class StreamingAssistant:
 
 def _updates(assistant, *args) -> list[tuple]:
     """Every update the handler yields, copied as it is yielded (the handler reuses its lists)."""
-    demo = app.build_app(assistant)
+    demo = web.build_app(assistant)
     respond = next(f.fn for f in demo.fns.values() if f.name == "respond")
     return [copy.deepcopy(update) for update in respond(*args)]
 
@@ -80,14 +80,14 @@ def test_the_app_serves_an_existing_index_with_a_warning_when_the_corpus_folder_
 
     Assistant(settings, embedder).refresh()
     monkeypatch.setattr("rag.assistant.load_embedder", lambda name, cache_dir: embedder)
-    monkeypatch.setattr(app, "build_app", lambda assistant: LaunchRecorder())
+    monkeypatch.setattr(web, "build_app", lambda assistant: LaunchRecorder())
     monkeypatch.setenv("RAG_INDEX_DIR", str(settings.index_dir))
     for corpus in (tmp_path / "unmounted", tmp_path / "empty"):
         if corpus.name == "empty":
             corpus.mkdir()
         monkeypatch.setenv("RAG_CORPUS_DIR", str(corpus))
         LaunchRecorder.launched = False
-        assert app.main([]) == 0
+        assert web.main([]) == 0
         assert LaunchRecorder.launched
         err = capsys.readouterr().err
         assert str(corpus) in err and "answering from the existing index" in err
@@ -96,5 +96,5 @@ def test_the_app_serves_an_existing_index_with_a_warning_when_the_corpus_folder_
 def test_the_app_refuses_to_start_with_no_corpus_and_no_index(monkeypatch, capsys, embedder, tmp_path):
     monkeypatch.setattr("rag.assistant.load_embedder", lambda name, cache_dir: embedder)
     monkeypatch.setenv("RAG_CORPUS_DIR", str(tmp_path / "unmounted"))
-    assert app.main([]) == 1
+    assert web.main([]) == 1
     assert "does not exist" in capsys.readouterr().err

@@ -291,11 +291,20 @@ def test_multiturn_eval_cases_are_follow_ups_with_verbatim_answers():
 
 def test_build_app_makes_a_blocks_app_without_touching_the_index():
     gr = pytest.importorskip("gradio")
-    import runpy
+    from rag.web import build_app
 
-    app = runpy.run_path(str(ROOT / "app.py"), run_name="app")
     stub = SimpleNamespace(settings=SimpleNamespace(corpus_dir=ROOT / "corpus"))  # no index, no model
-    assert isinstance(app["build_app"](stub), gr.Blocks)
+    assert isinstance(build_app(stub), gr.Blocks)
+
+
+def test_app_py_launches_the_packaged_chat_without_importing_gradio():
+    # A thin launcher: the chat lives in rag.web, which an installed package (rag serve) has too.
+    import subprocess
+    import sys
+
+    code = "import sys, runpy; runpy.run_path('app.py', run_name='app'); print('gradio' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
 
 
 def test_a_streaming_draft_is_escaped_and_marked_unverified():

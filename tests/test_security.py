@@ -1,7 +1,7 @@
 """The web app serves no file outside Gradio's own assets, refuses uploads, and renders documents inert.
 
 The app is launched in-process on a free loopback port with app.py's own launch settings
-(`app.SECURE_LAUNCH`) over a corpus holding a hostile document, then probed over HTTP.
+(`web.SECURE_LAUNCH`) over a corpus holding a hostile document, then probed over HTTP.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import urllib.parse
 import httpx
 import pytest
 
-import app
+from rag import web
 from rag.assistant import Assistant
 from rag.chat import document_html, document_text, sources_html
 from rag.config import PROJECT_ROOT
@@ -48,10 +48,10 @@ def served(tmp_path_factory):
     settings = Settings(corpus_dir=corpus, index_dir=root / "index", chunk_tokens=32, chunk_overlap=8)
     assistant = Assistant(settings, FakeEmbedder())
     assistant.refresh()
-    demo = app.build_app(assistant)
+    demo = web.build_app(assistant)
     demo.queue(default_concurrency_limit=2, max_size=16)
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **app.SECURE_LAUNCH)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **web.SECURE_LAUNCH)
     try:
         yield f"http://127.0.0.1:{port}", settings, assistant
     finally:
@@ -66,6 +66,7 @@ def probes(settings) -> list[str]:
         str(corpus / "hostile.txt"),
         str(index / "CURRENT"),
         str(PROJECT_ROOT / "app.py"),
+        str(PROJECT_ROOT / "rag" / "web.py"),
         str(PROJECT_ROOT / "pyproject.toml"),
         "app.py",
         "../../../../../../etc/passwd",
@@ -90,7 +91,7 @@ pytestmark = pytest.mark.integration
 
 def test_no_file_outside_gradios_assets_is_served(served):
     base, settings, _ = served
-    app_source = (PROJECT_ROOT / "app.py").read_text(encoding="utf-8")
+    app_source = (PROJECT_ROOT / "rag" / "web.py").read_text(encoding="utf-8")
     with httpx.Client(base_url=base, timeout=30) as client:
         assert client.get("/").status_code == 200  # the server is up: the refusals below mean something
         for path in probes(settings):
