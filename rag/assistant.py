@@ -104,7 +104,7 @@ class Assistant:
     def retrieve(self, question: str) -> Retrieval:
         """The passages shown for `question`, best first (judged and reordered)."""
         retrieval, _ = self._retrieve(self.index, question, self.settings.top_k)
-        return retrieval
+        return replace(retrieval, hits=retrieval.hits[: self.settings.top_k])
 
     def _retrieve(self, index: Index, query: str, depth: int) -> tuple[Retrieval, list[Candidate]]:
         """Candidate passages for `query`, reordered by their best sentence, `depth` deep; and the
