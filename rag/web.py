@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 EXAMPLES = [
     "How many major scientific and technological achievements were shown at the second forum?",
     "第二届长三角一体化发展高层论坛集中展示了多少项重大科技成果?",
-    "Where was the 2023 symposium held?",
+    "The Yuandang Lake water system lies in which two districts?",
     "Who is the chairman of the board of Huali Group Co., Ltd.?",
     "嘉兴市政协主席高玲慧提出了什么建议?",
 ]
