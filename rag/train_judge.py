@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         "--max-false-abstention", type=float, default=0.05, help="the bound used when no threshold meets the precision"
     )
     # A second quote at a quarter's precision keeps answer accuracy where quoting more did (XQuAD,
-    # out of fold: 0.79 answerable, against 0.72 at 0.5) while two in three quotes hold the answer.
+    # out of fold: 0.79 answerable, against 0.72 at 0.5) while three quotes in five hold the answer.
     parser.add_argument(
         "--quote-precision", type=float, default=0.25, help="how often a second quote must hold gold evidence"
     )
