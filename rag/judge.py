@@ -253,21 +253,32 @@ def sentence_terms(text: str) -> tuple[frozenset[str], frozenset[str]]:
     return terms, frozenset(stem(t) for t in terms if t.isascii() and t.isalpha())
 
 
-# The terms of each document of the last few indexes, by identity (an index is replaced, not changed).
-_DOCUMENT_TERMS: list[tuple[Index, dict[str, tuple[frozenset[str], frozenset[str]]]]] = []
+@dataclass
+class _DocumentTerms:
+    """Each document's chunk rows (one pass over the index, when first needed) and its terms, by document."""
+
+    rows: dict[str, list[int]]
+    terms: dict[str, tuple[frozenset[str], frozenset[str]]] = field(default_factory=dict)
+
+
+# For the last few indexes, by identity (an index is replaced, not changed).
+_DOCUMENT_TERMS: list[tuple[Index, _DocumentTerms]] = []
 
 
 def document_terms_of(index: Index, doc_id: str) -> tuple[frozenset[str], frozenset[str]]:
     """Every search term (and English stem) of a document: does it mention the word at all?"""
-    by_doc = next((terms for known, terms in _DOCUMENT_TERMS if known is index), None)
-    if by_doc is None:
-        by_doc = {}
-        _DOCUMENT_TERMS.insert(0, (index, by_doc))
+    cache = next((known for i, known in _DOCUMENT_TERMS if i is index), None)
+    if cache is None:
+        rows: dict[str, list[int]] = {}
+        for row, chunk in enumerate(index.chunks):
+            rows.setdefault(chunk.doc_id, []).append(row)
+        cache = _DocumentTerms(rows)
+        _DOCUMENT_TERMS.insert(0, (index, cache))
         del _DOCUMENT_TERMS[4:]
-    if doc_id not in by_doc:
-        terms = frozenset(t for row, c in enumerate(index.chunks) if c.doc_id == doc_id for t in index.terms[row])
-        by_doc[doc_id] = (terms, frozenset(stem(t) for t in terms if t.isascii() and t.isalpha()))
-    return by_doc[doc_id]
+    if doc_id not in cache.terms:
+        terms = frozenset(t for row in cache.rows.get(doc_id, ()) for t in index.terms[row])
+        cache.terms[doc_id] = (terms, frozenset(stem(t) for t in terms if t.isascii() and t.isalpha()))
+    return cache.terms[doc_id]
 
 
 def number_near_words(text: str, question: str, words: QueryWords) -> bool:
@@ -316,25 +327,32 @@ class AnswerJudge:
                 f"cannot read the answer judge's model {path}: {exc}. Refit it: python -m rag.train_judge"
             ) from exc
 
-    def score(
+    def rank(
         self, rows: Sequence[dict[str, float]], use_top: int, read_again: Callable[[list[int]], bool] | None = None
-    ) -> tuple[np.ndarray, float]:
-        """Each row's P(it answers), and P(one of them does).
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's share of the ranking (a softmax over them) and its score.
 
         The first-stage model ranks every row; `read_again(head)` adds the second stage's features
         to the best `use_top` rows (returning False when it cannot), and the second-stage model
         re-ranks them, keeping the share of the ranking the first stage gave them.
         """
-        if not rows:
-            return np.zeros(0), 0.0
         z = self.stages["first"].scores(rows)
         shares = _softmax(z)
         head = [int(i) for i in np.argsort(-z, kind="stable")[:use_top]]
         if head and read_again is not None and read_again(head):
             second = self.stages["second"].scores([rows[i] for i in head])
             shares[head] = _softmax(second) * shares[head].sum()
-            z = z.copy()
             z[head] = second
+        return shares, z
+
+    def score(
+        self, rows: Sequence[dict[str, float]], use_top: int, read_again: Callable[[list[int]], bool] | None = None
+    ) -> tuple[np.ndarray, float]:
+        """Each row's P(it answers), and P(one of them does): the ranking's shares (see `rank`)
+        times the question-level model's verdict on it."""
+        if not rows:
+            return np.zeros(0), 0.0
+        shares, z = self.rank(rows, use_top, read_again)
         question = answerable_features(rows, shares, z)
         answerable = float(_sigmoid(self.stages["answerable"].scores([question])[0]))
         return answerable * shares, answerable

@@ -282,14 +282,7 @@ def _judge(stages: dict, record: dict, use_top: int) -> tuple[np.ndarray, float,
         probabilities, p = model.score(rows, use_top, lambda head: True)
         return probabilities, p, None
     # Without a question-level model yet: the ranking's shares, and what that model would read.
-    z = model.stages["first"].scores(rows)
-    shares = np.exp(z - z.max())
-    shares /= shares.sum()
-    head = [int(i) for i in np.argsort(-z, kind="stable")[:use_top]]
-    second = model.stages["second"].scores([rows[i] for i in head])
-    e = np.exp(second - second.max())
-    shares[head] = e / e.sum() * shares[head].sum()
-    z[head] = second
+    shares, z = model.rank(rows, use_top, lambda head: True)
     return shares, 1.0, answerable_features(rows, shares, z)
 
 
