@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rag.evaluate import contains_gold, language_direction, metrics, summary_table  # noqa: E402
+from rag.evaluate import contains_gold, sliced_metrics, summary_table  # noqa: E402
 
 _QUOTE = re.compile(r"(.+?)\s*\[\d+\]\s*", re.DOTALL)
 
@@ -36,12 +36,7 @@ def main() -> int:
             r["quotes_with_gold"] = [
                 bool(r["answerable"]) and contains_gold(q, r["gold_answers"], "any") for q in quotes
             ]
-    rescored = {"qa_file": report["qa_file"], **metrics(rows)}
-    tags = sorted({t for r in rows for t in r["tags"]})
-    rescored["by_tag"] = {t: metrics([r for r in rows if t in r["tags"]]) for t in tags}
-    directions = sorted({d for r in rows if (d := language_direction(r["tags"]))})
-    rescored["by_direction"] = {d: metrics([r for r in rows if language_direction(r["tags"]) == d]) for d in directions}
-    print(summary_table(rescored))
+    print(summary_table({"qa_file": report["qa_file"], **sliced_metrics(rows)}))
     return 0
 
 

@@ -122,6 +122,20 @@ def language_direction(tags: list[str]) -> str | None:
     return f"{question}→{document}" if question and document else None
 
 
+def sliced_metrics(results: list[dict]) -> dict:
+    """The metrics of every row, then of each tag's rows ("by_tag") and each language direction's ("by_direction")."""
+    out = metrics(results)
+    tags = sorted({t for r in results for t in r["tags"]})
+    out["by_tag"] = {tag: metrics([r for r in results if tag in r["tags"]]) for tag in tags}
+    directions: dict[str, list[dict]] = {}
+    for r in results:
+        direction = language_direction(r["tags"])
+        if direction:
+            directions.setdefault(direction, []).append(r)
+    out["by_direction"] = {d: metrics(rows) for d, rows in sorted(directions.items())}
+    return out
+
+
 def run_eval(assistant: Assistant, qa_paths: Path | list[Path], progress: bool = False) -> dict:
     paths = [qa_paths] if isinstance(qa_paths, Path) else list(qa_paths)
     rows = [row for path in paths for row in load_qa(path)]
@@ -134,15 +148,7 @@ def run_eval(assistant: Assistant, qa_paths: Path | list[Path], progress: bool =
         evaluate_row(assistant, row) for row in tqdm(rows, desc="eval", unit="q", file=sys.stderr, disable=not progress)
     ]
     report = {"qa_file": " + ".join(map(str, paths)), "primary_metric": PRIMARY_METRIC}
-    report.update(metrics(results))
-    tags = sorted({t for r in results for t in r["tags"]})
-    report["by_tag"] = {tag: metrics([r for r in results if tag in r["tags"]]) for tag in tags}
-    directions: dict[str, list[dict]] = {}
-    for r in results:
-        direction = language_direction(r["tags"])
-        if direction:
-            directions.setdefault(direction, []).append(r)
-    report["by_direction"] = {d: metrics(rows) for d, rows in sorted(directions.items())}
+    report.update(sliced_metrics(results))
     report["settings"] = {k: str(v) for k, v in asdict(assistant.settings).items()}
     manifest = dict(assistant.index.manifest)
     manifest.pop("checksums", None)
