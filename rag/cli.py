@@ -217,6 +217,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(["--host", args.host, "--port", str(args.port)], settings=_settings(args))
 
 
+def _subcommand(sub, name: str, help: str) -> argparse.ArgumentParser:
+    """A command with the examples as its epilog and a flag for every setting."""
+    parser = sub.add_parser(name, help=help, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_settings_flags(parser)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rag",
@@ -226,13 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser(
-        "index",
-        help="build or refresh the index (only what changed)",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _add_settings_flags(p)
+    p = _subcommand(sub, "index", "build or refresh the index (only what changed)")
     p.add_argument("--rebuild", action="store_true", help="re-embed everything from scratch")
     p.add_argument(
         "--allow-empty",
@@ -242,24 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_index)
 
-    p = sub.add_parser(
-        "ask",
-        help="answer a question with cited sources",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _add_settings_flags(p)
+    p = _subcommand(sub, "ask", "answer a question with cited sources")
     p.add_argument("--json", action="store_true", help="print the answer as JSON")
     p.add_argument("question", nargs="+")
     p.set_defaults(func=cmd_ask)
 
-    p = sub.add_parser(
-        "eval",
-        help="run the eval suite and write a report",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _add_settings_flags(p)
+    p = _subcommand(sub, "eval", "run the eval suite and write a report")
     p.add_argument(
         "--qa",
         nargs="+",
@@ -290,13 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser(
-        "serve",
-        help="start the web chat (builds or refreshes the index first)",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _add_settings_flags(p)
+    p = _subcommand(sub, "serve", "start the web chat (builds or refreshes the index first)")
     p.add_argument("--host", default=os.environ.get("RAG_HOST", "127.0.0.1"), help="address to listen on [RAG_HOST]")
     p.add_argument("--port", type=int, default=int(os.environ.get("RAG_PORT", "7860")), help="[RAG_PORT]")
     p.set_defaults(func=cmd_serve)
