@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -67,6 +68,16 @@ class FakeEmbedder:
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return count_fake_tokens(texts)
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 15) -> None:
+    """Stop a server a test started: terminate, then kill if it has not exited within `timeout` s."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @pytest.fixture(scope="session")

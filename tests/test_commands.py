@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import stop_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -143,9 +144,4 @@ def test_serve_answers_http_then_stops(workspace):
             time.sleep(0.5)
         assert "Ask your documents" in page
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server)

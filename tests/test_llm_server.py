@@ -24,6 +24,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import stop_process
 
 from rag.answer import check_citations
 from rag.assistant import Assistant
@@ -177,12 +178,7 @@ def llm_server(gguf_model: Path, llama_cpp_site: Path | None, tmp_path_factory: 
         _smoke_test(base_url, server, log)
         yield base_url
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server)
 
 
 def _smoke_test(base_url: str, server: subprocess.Popen, log: Path) -> None:
