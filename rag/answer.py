@@ -18,7 +18,7 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from rag.chunking import Chunk
-from rag.documents import is_chinese, normalize
+from rag.documents import is_chinese, locate, normalize
 from rag.indexing import Index
 from rag.judge import Candidate, QuestionKind, lead_value
 from rag.retrieval import Hit, Retrieval
@@ -70,6 +70,10 @@ class Citation:
     score: float
     # Offsets (into the document) of the sentences quoted from this passage.
     quoted: tuple[tuple[int, int], ...] = ()
+    # Where the (first quoted sentence of the) passage is: a 1-based page or slide, or a sheet's
+    # name; and its heading path. None when the format has no pages or headings.
+    page: int | str | None = None
+    section: str | None = None
 
 
 @dataclass
@@ -118,6 +122,9 @@ def _citation_json(c: Citation) -> dict:
     data = asdict(c)
     data["quoted"] = [list(span) for span in c.quoted]
     data["score"] = round(c.score, 4)
+    for key in ("page", "section"):  # optional keys: absent, rather than null, for formats without them
+        if data[key] is None:
+            del data[key]
     return data
 
 
@@ -142,31 +149,31 @@ def language_of(text: str) -> str:
     return "zh" if is_chinese(text) else "en"
 
 
-def _citation(n: int, hit: Hit, title: str, quoted: tuple[tuple[int, int], ...] = ()) -> Citation:
+def citation_for(n: int, hit: Hit, documents: dict[str, dict], quoted: tuple[tuple[int, int], ...] = ()) -> Citation:
+    """Citation `n` for a passage; `documents` is the index's manifest entry per document (title, pages, sections)."""
     chunk: Chunk = hit.chunk
+    meta = documents.get(chunk.doc_id, {})
+    at = quoted[0][0] if quoted else chunk.start
     return Citation(
         n=n,
         doc_id=chunk.doc_id,
-        title=title,
+        title=meta.get("title", chunk.doc_id),
         chunk_id=chunk.chunk_id,
         text=chunk.text,
         start=chunk.start,
         end=chunk.end,
         score=hit.score,
         quoted=quoted,
+        page=locate(meta.get("pages", ()), at),
+        section=locate(meta.get("sections", ()), at) or None,
     )
 
 
 def abstention(index: Index, retrieval: Retrieval, question: str, evidence: float) -> Answer:
     """The documents do not hold the answer: say so, and list the nearest passages."""
     language = language_of(question)
-    titles = _titles(index)
-    nearest = [_citation(i + 1, h, titles.get(h.chunk.doc_id, "")) for i, h in enumerate(retrieval.hits[:3])]
+    nearest = [citation_for(i + 1, h, index.documents) for i, h in enumerate(retrieval.hits[:3])]
     return Answer(question, NOT_FOUND[language], True, [], nearest, evidence=evidence, language=language)
-
-
-def _titles(index: Index) -> dict[str, str]:
-    return {doc_id: meta.get("title", doc_id) for doc_id, meta in index.documents.items()}
 
 
 def usable_quotes(judged: list[Candidate], question: str) -> list[Candidate]:
@@ -229,7 +236,6 @@ def extractive_answer(
     if not chosen:
         return abstention(index, retrieval, question, evidence)
 
-    titles = _titles(index)
     numbers: dict[int, int] = {}
     quoted: dict[int, list[tuple[int, int]]] = {}
     parts = []
@@ -243,9 +249,7 @@ def extractive_answer(
     if lead:
         parts[0] = f"{lead_prefix(lead)}{parts[0]}"
     citations = [
-        _citation(
-            n, retrieval.hits[rank], titles.get(retrieval.hits[rank].chunk.doc_id, ""), tuple(sorted(quoted[rank]))
-        )
+        citation_for(n, retrieval.hits[rank], index.documents, tuple(sorted(quoted[rank])))
         for rank, n in numbers.items()
     ]
     text = ("" if language == "zh" else " ").join(parts)

@@ -205,8 +205,7 @@ class Assistant:
         return judge(index, focused, self.answer_judge, self.judge, s.rerank_sentences)
 
     def _generate(self, index: Index, retrieval: Retrieval, question: str, extractive: Answer):
-        titles = {doc_id: meta.get("title", doc_id) for doc_id, meta in index.documents.items()}
-        return self.llm.generate(retrieval.hits, titles, question, extractive)
+        return self.llm.generate(retrieval.hits, index.documents, question, extractive)
 
     def standalone_query(self, question: str, history: Sequence[str] = ()) -> str:
         """The retrieval query for a follow-up: the LLM's rewrite if one is configured, else rag.chat's."""

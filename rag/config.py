@@ -70,7 +70,8 @@ class Settings:
         factory=lambda: bundled("corpus"),
         flag="--corpus",
         env="RAG_CORPUS_DIR",
-        help="folder of .txt/.md/.html documents, sub-folders included (default: the bundled corpus)",
+        help="folder of documents (text, Markdown, HTML, PDF, Office, EPUB, CSV, images), sub-folders "
+        "included (default: the bundled corpus)",
     )
     index_dir: Path = option(
         factory=_default_index_dir,
@@ -97,6 +98,13 @@ class Settings:
     # (bench/bigfile.py), so the default keeps a single file under ~2 GB.
     max_document_mb: float = option(
         64, flag="--max-document-mb", env="RAG_MAX_DOCUMENT_MB", help="larger files are skipped with a reason"
+    )
+    # Tesseract languages for scanned pages and images: those of these that are installed are used.
+    ocr_languages: str = option(
+        "eng+chi_sim+chi_tra",
+        flag="--ocr-languages",
+        env="RAG_OCR_LANGUAGES",
+        help="Tesseract languages for scans and images, joined by + (those installed are used)",
     )
     # Passages shown to the answerer, and candidates each retriever contributes to fusion.
     top_k: int = option(5, flag="--top-k", env="RAG_TOP_K", help="passages per answer")

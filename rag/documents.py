@@ -1,4 +1,4 @@
-"""Documents: load .txt, .md and .html files from a folder, decoding what real folders hold.
+"""Documents: read every file of a folder into text (rag.formats converts each kind), decoding what real folders hold.
 
 Text is kept as found (only line endings unified) so that chunk offsets index the text a user
 sees; search-side normalisation (NFKC, whitespace) happens per chunk in `normalize`. A file
@@ -13,17 +13,19 @@ Big5, Cyrillic code pages) are not told apart and may be refused or mis-decoded.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import os
 import re
 import stat
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from html.parser import HTMLParser
 from pathlib import Path
 
-SUPPORTED_SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm")
+from rag import formats
+from rag.formats import Page
+
 # Larger files are skipped with a reason (settings.max_document_mb, RAG_MAX_DOCUMENT_MB): indexing
 # one holds its text, chunks and vectors at once, ~28x the file at the peak (bench/RESULTS.md).
 MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
@@ -36,6 +38,9 @@ class Document:
     text: str  # the text shown to users; chunk offsets index into it
     content_hash: str  # sha256 of the raw bytes: what incremental refresh compares
     stamp: tuple[int, int] | None = None  # (size, mtime_ns) of the file as read: what staleness checks compare
+    kind: str = "text"  # the format it was read as (rag.formats.KIND_NAMES)
+    pages: tuple[tuple[int, Page], ...] = ()  # (offset into text, page) where each page, slide or sheet starts
+    sections: tuple[tuple[int, str], ...] = ()  # (offset into text, heading path) where each section starts
 
 
 @dataclass(frozen=True)
@@ -167,83 +172,33 @@ def _mostly_utf8(raw: bytes) -> bool:
     return good >= 2 * max(bad, 1)
 
 
-class _TextExtractor(HTMLParser):
-    _SKIP = {"script", "style", "noscript", "template", "head"}
-    _BLOCK = {
-        "p",
-        "div",
-        "br",
-        "li",
-        "tr",
-        "h1",
-        "h2",
-        "h3",
-        "h4",
-        "h5",
-        "h6",
-        "title",
-        "section",
-        "article",
-        "header",
-        "footer",
-        "table",
-        "ul",
-        "ol",
-        "pre",
-        "blockquote",
-    }
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self.title: list[str] = []
-        self._skip_depth = 0
-        self._in_title = False
-
-    def handle_starttag(self, tag: str, attrs: list) -> None:
-        if tag == "title":
-            self._in_title = True
-        elif tag in self._SKIP:
-            self._skip_depth += 1
-        if tag in self._BLOCK:
-            self.parts.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "title":
-            self._in_title = False
-        elif tag in self._SKIP and self._skip_depth:
-            self._skip_depth -= 1
-        if tag in self._BLOCK:
-            self.parts.append("\n")
-
-    def handle_data(self, data: str) -> None:
-        if self._in_title:
-            self.title.append(data)
-        elif not self._skip_depth:
-            self.parts.append(data)
+# A navigation trail ("当前位置:首页>热点资讯", "Home > News > Local") or a byline/date line
+# ("发布时间:2023-06-07 … 来源:…", "Posted: June 3") is never a document's title.
+_BREADCRUMB = re.compile(r"当前位置|您的位置|你的位置|you are here|^(?:[^>›»\n]{1,30}[>›»]\s*)+[^>›»\n]{0,30}$", re.I)
+_DATE_LINE = re.compile(
+    r"^\W*(?:发布时间|发布日期|时间|日期|来源|作者|编辑|published|posted|updated|date|source|by)\s*[:：]"
+    r"|^\W*\d{4}[-/.年]\d{1,2}(?:[-/.月]\d{1,2}日?)?(?:\s+\d{1,2}:\d{2}(?::\d{2})?)?\W*$",
+    re.I,
+)
 
 
-def html_to_text(html: str) -> str:
-    """Visible text of an HTML page, one line per block; scripts and styles dropped."""
-    parser = _TextExtractor()
-    parser.feed(html)
-    parser.close()
-    body = "".join(parser.parts)
-    lines = [_SPACES.sub(" ", line).strip() for line in body.splitlines()]
-    text = "\n".join(line for line in lines if line)
-    title = _SPACES.sub(" ", "".join(parser.title)).strip()
-    if title and not text.startswith(title):
-        text = f"{title}\n{text}"
-    return text
+def title_of(text: str, own_title: str = "", file_name: str = "") -> str:
+    """The document's own title; else its first line that is not a breadcrumb or a date line; else its file name.
+
+    At most 200 characters. Only the first 40 lines are looked at, so a large file is never split whole.
+    """
+    if own_title.strip():
+        return " ".join(own_title.split())[:200]
+    for match in zip(range(40), re.finditer(r"\S[^\n]{0,400}", text)):
+        line = match[1].group().strip()
+        if _BREADCRUMB.search(line) or _DATE_LINE.search(line):
+            continue
+        return line[:200]
+    return file_name
 
 
-def title_of(text: str) -> str:
-    """The first non-blank line, at most 200 characters (found without splitting the whole text)."""
-    match = re.search(r"\S[^\n]{0,400}", text)
-    return match.group().strip()[:200] if match else ""
-
-
-def load_document(path: Path, doc_id: str, max_bytes: int = MAX_DOCUMENT_BYTES) -> Document:
+def load_document(path: Path, doc_id: str, max_bytes: int = MAX_DOCUMENT_BYTES, ocr_languages: str = "") -> Document:
+    """Read one file of any supported kind (told by content, then extension) into a Document."""
     # O_NONBLOCK: a named pipe with a document's name must not block the whole index.
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     with os.fdopen(fd, "rb") as fh:
@@ -256,22 +211,40 @@ def load_document(path: Path, doc_id: str, max_bytes: int = MAX_DOCUMENT_BYTES) 
                 "split it, or raise RAG_MAX_DOCUMENT_MB"
             )
         raw = fh.read(max_bytes + 1)
-    text = decode_bytes(raw).replace("\r\n", "\n").replace("\r", "\n")
-    if path.suffix.lower() in (".html", ".htm"):
-        text = html_to_text(text)
-    if not text.strip():
-        raise DocumentError("contains no text")
+    try:
+        kind = formats.kind_of(raw, path.suffix)
+        if kind in formats.TEXT_KINDS:
+            text = decode_bytes(raw).replace("\r\n", "\n").replace("\r", "\n")
+            converted = formats.convert_text(kind, text)
+        else:
+            converted = formats.convert_bytes(kind, raw, ocr_languages)
+    except formats.ConversionError as exc:
+        raise DocumentError(str(exc)) from exc
+    if not converted.text.strip():
+        raise DocumentError("no text layer, and OCR found no text" if converted.ocr_pages else "contains no text")
     return Document(
         doc_id=doc_id,
-        title=title_of(text),
-        text=text,
+        title=title_of(converted.text, converted.title, path.name),
+        text=converted.text,
         content_hash=hashlib.sha256(raw).hexdigest(),
         stamp=(st.st_size, st.st_mtime_ns),
+        kind=kind,
+        pages=converted.pages,
+        sections=converted.sections,
     )
 
 
+def locate(marks: Sequence[Sequence], offset: int):
+    """The label of the last (offset, label) mark at or before `offset`; None before the first."""
+    i = bisect.bisect_right([m[0] for m in marks], offset)
+    return marks[i - 1][1] if i else None
+
+
 def iter_document_paths(corpus_dir: Path) -> Iterator[tuple[str, Path]]:
-    """(doc_id, path) for every supported file under `corpus_dir`, sorted, symlink loops skipped."""
+    """(doc_id, path) for every file under `corpus_dir` but hidden ones, sorted, symlink loops skipped.
+
+    Every file is listed, of any type: loading tells which it can read and names the rest as skipped.
+    """
     seen_dirs: set[tuple[int, int]] = set()
     found: list[tuple[str, Path]] = []
     for root, dirs, files in os.walk(corpus_dir, followlinks=True):
@@ -287,14 +260,16 @@ def iter_document_paths(corpus_dir: Path) -> Iterator[tuple[str, Path]]:
         seen_dirs.add(key)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in files:
-            if name.startswith(".") or not name.lower().endswith(SUPPORTED_SUFFIXES):
+            if name.startswith("."):  # hidden files (.DS_Store, editor swap files) are not documents
                 continue
             path = Path(root) / name
             found.append((path.relative_to(corpus_dir).as_posix(), path))
     yield from sorted(found)
 
 
-def load_corpus(corpus_dir: Path, max_bytes: int = MAX_DOCUMENT_BYTES) -> tuple[list[Document], list[LoadError]]:
+def load_corpus(
+    corpus_dir: Path, max_bytes: int = MAX_DOCUMENT_BYTES, ocr_languages: str = ""
+) -> tuple[list[Document], list[LoadError]]:
     """Every readable document under `corpus_dir`, and a reason for each one skipped."""
     if not corpus_dir.is_dir():
         raise FileNotFoundError(
@@ -304,7 +279,7 @@ def load_corpus(corpus_dir: Path, max_bytes: int = MAX_DOCUMENT_BYTES) -> tuple[
     errors: list[LoadError] = []
     for doc_id, path in iter_document_paths(corpus_dir):
         try:
-            documents.append(load_document(path, doc_id, max_bytes))
+            documents.append(load_document(path, doc_id, max_bytes, ocr_languages))
         except (OSError, DocumentError, UnicodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             errors.append(LoadError(doc_id, reason or type(exc).__name__))

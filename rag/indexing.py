@@ -471,7 +471,9 @@ def refresh_index(
     """
     started = time.perf_counter()
     report = RefreshReport()
-    documents, report.skipped = load_corpus(settings.corpus_dir, int(settings.max_document_mb * 2**20))
+    documents, report.skipped = load_corpus(
+        settings.corpus_dir, int(settings.max_document_mb * 2**20), settings.ocr_languages
+    )
     with index_lock(settings.index_dir):
         old_manifest = read_manifest(settings.index_dir)
         indexed = len((old_manifest or {}).get("documents") or {})
@@ -539,7 +541,13 @@ def _plan_and_write(
             "sha256": doc.content_hash,
             "stamp": _file_stamp(settings.corpus_dir, doc),
             "chars": len(doc.text),
+            "kind": doc.kind,
         }
+        # Where pages and sections start, for citations ("report.pdf · p. 12 · 3.2 Results").
+        if doc.pages:
+            doc_entries[doc.doc_id]["pages"] = [list(mark) for mark in doc.pages]
+        if doc.sections:
+            doc_entries[doc.doc_id]["sections"] = [list(mark) for mark in doc.sections]
     progress.close()
     for doc_id in sorted(unreadable_but_indexed - present):
         rows = old_chunks_by_doc.get(doc_id, [])

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rag.answer import NOT_FOUND, Answer, Citation, cited_numbers, language_of
+from rag.answer import NOT_FOUND, Answer, citation_for, cited_numbers, language_of
 from rag.chunking import split_sentences
 from rag.config import Settings
 from rag.documents import normalize
@@ -428,14 +428,15 @@ class LLMAnswerer:
         numbered = [Passage(i + 1, titles.get(h.chunk.doc_id, ""), h.chunk.text) for i, h in enumerate(hits)]
         return trim_passages(numbered, self.settings.llm_context_tokens)
 
-    def generate(self, hits: Sequence[Hit], titles: dict[str, str], question: str, extractive: Answer):
+    def generate(self, hits: Sequence[Hit], documents: dict[str, dict], question: str, extractive: Answer):
         """Yield the reply's text deltas, then return the final Answer (verified, or the fallback).
 
+        `documents` is the index's manifest entry per document (its title, pages and sections).
         Weak evidence never reaches the model: the extractive abstention is returned as it is.
         """
         if extractive.abstained:
             return extractive
-        passages = self.passages(hits, titles)
+        passages = self.passages(hits, {doc_id: meta.get("title", doc_id) for doc_id, meta in documents.items()})
         if not passages:
             error = "the first passage alone is longer than the context budget (Settings.llm_context_tokens)."
             return _fallback(extractive, "error", {"passed": False, "reasons": [error], "error": error}, error)
@@ -473,19 +474,7 @@ class LLMAnswerer:
         for new, old in enumerate(order, 1):
             chunk = hits[old - 1].chunk
             quoted = tuple(sorted((chunk.start + a, chunk.start + b) for a, b in spans.get(old, [])))
-            citations.append(
-                Citation(
-                    new,
-                    chunk.doc_id,
-                    titles.get(chunk.doc_id, ""),
-                    chunk.chunk_id,
-                    chunk.text,
-                    chunk.start,
-                    chunk.end,
-                    hits[old - 1].score,
-                    quoted,
-                )
-            )
+            citations.append(citation_for(new, hits[old - 1], documents, quoted))
         return Answer(
             extractive.question,
             text,

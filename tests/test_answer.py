@@ -35,7 +35,7 @@ def assert_citation_shape(citation: dict, corpus_dir) -> None:
     assert isinstance(citation["n"], int) and citation["n"] >= 1
     text = (corpus_dir / citation["doc_id"]).read_text(encoding="utf-8")
     assert citation["text"] == text[citation["start"] : citation["end"]]
-    assert citation["title"] == text.strip().splitlines()[0]
+    assert citation["title"] == text.strip().splitlines()[0].lstrip("# ")
 
 
 @pytest.mark.parametrize(("question", "doc_id", "fact"), ANSWERABLE)

@@ -42,12 +42,14 @@ def test_txt_md_and_html_load_with_ids_relative_to_the_corpus(tmp_path):
     write(tmp_path, "notes.txt", "Plain notes\r\nsecond line\r\n")
     write(tmp_path, "guide/readme.md", "# Guide\n\nSome *markdown* text.\n")
     write(tmp_path, "page.html", PAGE)
-    write(tmp_path, "image.png", b"\x89PNG\r\n")  # not a supported type: ignored silently
+    write(tmp_path, "data.json", '{"a": 1}')  # not a supported type: listed as skipped, never silent
+    write(tmp_path, ".hidden.txt", "editor state")  # hidden files are not documents
     docs, errors = load(tmp_path)
     assert list(docs) == ["guide/readme.md", "notes.txt", "page.html"]
-    assert errors == {}
+    assert list(errors) == ["data.json"] and errors["data.json"].startswith("unsupported type (.json)")
     assert docs["notes.txt"].text == "Plain notes\nsecond line\n"  # line endings unified
-    assert docs["guide/readme.md"].title == "# Guide"
+    assert docs["guide/readme.md"].title == "Guide"
+    assert docs["guide/readme.md"].sections == ((0, "Guide"),)
     raw = (tmp_path / "notes.txt").read_bytes()
     assert docs["notes.txt"].content_hash == hashlib.sha256(raw).hexdigest()
 
@@ -56,7 +58,7 @@ def test_html_keeps_visible_text_and_drops_markup_scripts_and_styles(tmp_path):
     write(tmp_path, "page.html", PAGE)
     doc = load(tmp_path)[0]["page.html"]
     assert doc.title == "Delta & Corridor"
-    assert doc.text.splitlines() == [
+    assert doc.text.split("\n\n") == [
         "Delta & Corridor",
         "The G60 corridor links nine cities.",
         "Shanghai",
@@ -75,6 +77,16 @@ def test_title_is_the_first_non_empty_line_stripped():
     assert title_of("\n\n   Quarterly report  \nBody text") == "Quarterly report"
     assert title_of("   \n") == ""
     assert len(title_of("x" * 500)) == 200
+
+
+def test_title_prefers_the_documents_own_then_skips_breadcrumbs_and_date_lines_then_the_file_name():
+    assert title_of("First line", "Own Title", "f.txt") == "Own Title"
+    assert title_of("当前位置:首页>热点资讯\n\n  长三角地区如何继续并肩奔跑?\n正文") == "长三角地区如何继续并肩奔跑?"
+    assert title_of("Home > News > Local\nCity budget approved") == "City budget approved"
+    assert title_of("发布时间:2023-06-07 16:36:13 来源:ourjiangsu.com\nDelta news") == "Delta news"
+    assert title_of("Posted: June 3, 2024\n2024-06-03\nReal headline") == "Real headline"
+    assert title_of("2023年长三角一体化发展\n") == "2023年长三角一体化发展"  # a headline that opens with a year stays
+    assert title_of("Home > News\n2024-06-03", "", "report.txt") == "report.txt"
 
 
 def test_gb18030_and_utf16_with_bom_decode(tmp_path):
@@ -97,7 +109,7 @@ def test_gb18030_and_utf16_with_bom_decode(tmp_path):
 
 def test_unreadable_files_are_reported_by_name_and_the_rest_still_load(tmp_path):
     write(tmp_path, "good.txt", "A good document.")
-    write(tmp_path, "binary.txt", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
+    write(tmp_path, "binary.txt", b"\x00\x01BIN\x00\x00\x07" + bytes(range(256)))
     write(tmp_path, "empty.md", b"")
     write(tmp_path, "blank.txt", "  \n\t\n")
     (tmp_path / "dangling.txt").symlink_to(tmp_path / "nowhere.txt")

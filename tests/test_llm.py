@@ -190,7 +190,7 @@ def _hit(doc_id: str, text: str) -> Hit:
 
 
 HITS = [_hit("ship.txt", SHIP), _hit("count.txt", COUNT), _hit("club.txt", CLUB)]
-TITLES = {"ship.txt": "Ship", "count.txt": "Count", "club.txt": "Club"}
+DOCUMENTS = {"ship.txt": {"title": "Ship"}, "count.txt": {"title": "Count"}, "club.txt": {"title": "Club"}}
 
 
 def _extractive(abstained: bool = False) -> Answer:
@@ -239,7 +239,7 @@ class _Stream:
 def _run(client: FakeClient, extractive: Answer | None = None) -> tuple[list[str], Answer]:
     llm = LLMAnswerer(Settings(llm_model="fake"), ExactEmbedder(), client=client)
     deltas: list[str] = []
-    stream = llm.generate(HITS, TITLES, "What carries tourists?", extractive or _extractive())
+    stream = llm.generate(HITS, DOCUMENTS, "What carries tourists?", extractive or _extractive())
     while True:
         try:
             deltas.append(next(stream))

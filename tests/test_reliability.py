@@ -153,7 +153,7 @@ DOCUMENT_CASES = {
     "whitespace only": ("blank.md", b" \n\t\r\n", ("skipped", r"contains no text")),
     "binary with a .txt name": (
         "photo.txt",
-        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 8,
+        b"\x00\x00\x00\x07BIN\x00" + bytes(range(256)) * 8,
         ("skipped", r"looks binary"),
     ),
     "random bytes": ("noise.txt", np.random.default_rng(7).bytes(20_000), ("skipped", r"binary|not valid")),
