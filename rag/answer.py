@@ -75,6 +75,16 @@ class Citation:
     page: int | str | None = None
     section: str | None = None
 
+    @property
+    def place(self) -> str:
+        """Where the quote is, as a person cites it: "report.pdf · p. 12 · Results › 3.2 Method"."""
+        parts = [self.doc_id]
+        if self.page is not None:
+            parts.append(f"p. {self.page}" if isinstance(self.page, int) else str(self.page))
+        if self.section:
+            parts.append(self.section)
+        return " · ".join(parts)
+
 
 @dataclass
 class Answer:

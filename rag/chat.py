@@ -175,11 +175,17 @@ def _source_card(c: Citation) -> str:
         f'<div class="src-card" id="src-{c.n}">'
         f'<div class="src-head"><span class="cite">&#91;{c.n}&#93;</span> '
         f'<span class="src-title">{escape_html(short_title(c.title, 120))}</span></div>'
-        f'<div class="src-meta"><code class="doc-id">{escape_html(c.doc_id)}</code> '
+        f'<div class="src-meta"><code class="doc-id">{escape_html(c.doc_id)}</code>{_where(c)} '
         f"· chars {c.start}–{c.end} · score {c.score:.3f}</div>"
         f'<div class="src-text">{highlight(c.text, c.start, c.quoted)}</div>'
         "</div>"
     )
+
+
+def _where(c: Citation) -> str:
+    """· p. 12 · Results: the page and section of a quote, when the document has them."""
+    place = c.place.removeprefix(c.doc_id)
+    return f'<span class="src-place">{escape_html(place)}</span>' if place else ""
 
 
 def sources_html(answer: Answer | None, asked: str | None = None) -> str:
@@ -278,7 +284,21 @@ def index_html(manifest: dict) -> str:
         f"<p>{int(counts.get('documents', 0))} documents, {int(counts.get('chunks', 0))} passages, "
         f"{int(counts.get('sentences', 0))} sentences</p>"
         "<table><thead><tr><th>Document id</th><th>Title</th><th>Characters</th></tr></thead>"
-        f"<tbody>{rows}</tbody></table></div>"
+        f"<tbody>{rows}</tbody></table>{_skipped_html(manifest.get('skipped') or {})}</div>"
+    )
+
+
+def _skipped_html(skipped: dict) -> str:
+    """Files in the corpus folder that were not indexed, each with why: none is dropped silently."""
+    if not skipped:
+        return ""
+    rows = "".join(
+        f"<tr><td><code>{escape_html(doc_id)}</code></td><td>{escape_html(str(meta.get('reason', '')))}</td></tr>"
+        for doc_id, meta in sorted(skipped.items())
+    )
+    return (
+        f'<p class="skipped-head"><b>Not indexed</b> ({len(skipped)})</p>'
+        f'<table class="skipped"><thead><tr><th>File</th><th>Why</th></tr></thead><tbody>{rows}</tbody></table>'
     )
 
 

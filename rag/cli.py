@@ -81,6 +81,9 @@ def cmd_index(args: argparse.Namespace) -> int:
     settings = _settings(args)
     embedder = Assistant(settings).embedder
     report = refresh_index(settings, embedder, rebuild=args.rebuild, allow_empty=args.allow_empty)
+    if args.json:
+        print(json.dumps({**report.to_json(), "index": str(settings.index_dir)}, ensure_ascii=False, indent=2))
+        return 0
     print(
         report.summary()
         if report.changed or report.skipped
@@ -100,7 +103,7 @@ def _print_sources(answer) -> None:
     if sources:
         print("\nNearest passages:" if answer.abstained else "\nSources:")
     for c in sources:
-        print(f"[{c.n}] {c.doc_id} (chars {c.start}-{c.end}, score {c.score:.3f}) {c.title}")
+        print(f"[{c.n}] {c.place} (chars {c.start}-{c.end}, score {c.score:.3f}) {c.title}")
         snippet = " ".join(c.text.split())
         print(textwrap.indent(textwrap.shorten(snippet, 300, placeholder=" ..."), "    "))
 
@@ -235,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _subcommand(sub, "index", "build or refresh the index (only what changed)")
     p.add_argument("--rebuild", action="store_true", help="re-embed everything from scratch")
+    p.add_argument("--json", action="store_true", help="print what changed and what was skipped (with why) as JSON")
     p.add_argument(
         "--allow-empty",
         action="store_true",

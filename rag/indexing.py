@@ -109,6 +109,19 @@ class RefreshReport:
     def changed(self) -> bool:
         return bool(self.added or self.updated or self.removed or self.rebuilt_because)
 
+    def to_json(self) -> dict:
+        return {
+            "added": self.added,
+            "updated": self.updated,
+            "removed": self.removed,
+            "unchanged": len(self.unchanged),
+            "skipped": [{"doc_id": e.doc_id, "reason": e.reason} for e in self.skipped],
+            "rebuilt_because": self.rebuilt_because,
+            "embedded_chunks": self.embedded_chunks,
+            "embedded_sentences": self.embedded_sentences,
+            "seconds": round(self.seconds, 2),
+        }
+
     def summary(self) -> str:
         lines = []
         if self.rebuilt_because:

@@ -145,3 +145,34 @@ def test_serve_answers_http_then_stops(workspace):
         assert "Ask your documents" in page
     finally:
         stop_process(server)
+
+
+def test_a_folder_of_every_format_is_indexed_or_skipped_with_reasons_and_the_pdf_page_is_cited(workspace):
+    from test_formats import folder_of_every_kind
+
+    folder = folder_of_every_kind(workspace["root"] / "every-kind")
+    where = ["--corpus", str(folder), "--index-dir", str(workspace["root"] / "every-kind-index")]
+    report = json.loads(_run(workspace, "index", "--json", *where).stdout)
+    assert sorted(report["added"]) == sorted(
+        [
+            "report.pdf",
+            "ferries.docx",
+            "plan.pptx",
+            "registry.xlsx",
+            "tales.epub",
+            "marina.html",
+            "notes.pdf",
+            "scanned-name.txt",
+        ]
+    )
+    reasons = {s["doc_id"]: s["reason"] for s in report["skipped"]}
+    assert set(reasons) == {"locked.pdf", "broken.docx", "data.json"} and reasons["locked.pdf"].startswith("encrypted")
+    answer = json.loads(
+        _run(workspace, "ask", "--json", *where, "When was the lighthouse on Gull Point finished?").stdout
+    )
+    assert not answer["abstained"] and "March" in answer["answer"]
+    cited = answer["citations"][0]
+    assert (cited["doc_id"], cited["page"], cited["section"]) == ("report.pdf", 2, "Lighthouse")
+    assert cited["title"] == "Harbour Annual Report 2024"
+    text = _run(workspace, "ask", *where, "When was the lighthouse on Gull Point finished?").stdout
+    assert "report.pdf · p. 2 · Lighthouse" in text
