@@ -1,4 +1,4 @@
-"""The `rag` command: index, ask, eval, serve. Flags fall back to RAG_* environment variables."""
+"""The `rag` command: index, ask, eval, serve; collection, user, feedback. Flags fall back to RAG_* variables."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+from rag import collection
 from rag.config import USER_SETTINGS, Settings, bundled
 
 EXAMPLES = """\
@@ -21,6 +22,12 @@ examples:
   rag eval --out eval/report
   rag eval --compare eval/report-before/report.json eval/report/report.json
   rag serve --port 7860
+  rag collection create contracts --users alice,bob
+  rag index --collection contracts
+  rag ask --collection contracts "What does the contract say about renewal?"
+  RAG_AUTH_FILE=~/rag-users.json rag user add alice
+  RAG_AUTH_FILE=~/rag-users.json rag serve --host 0.0.0.0
+  rag feedback export --out eval/feedback.jsonl
   RAG_LLM_BASE_URL=http://127.0.0.1:11434/v1 RAG_LLM_MODEL=qwen2.5:3b rag ask "Where was the 2023 symposium held?"
   rag eval --llm --llm-base-url http://127.0.0.1:8080/v1 --llm-model local --out eval/report-llm
 
@@ -31,6 +38,7 @@ environment variables (a flag wins over its variable):
         f"  {'RAG_HOME':<24} moves the index and model cache defaults under one folder",
         f"  {'RAG_HOST':<24} rag serve --host",
         f"  {'RAG_PORT':<24} rag serve --port",
+        f"  {'RAG_AUTH_FILE':<24} rag serve / rag user --auth-file: the users file; without it, no login",
     ]
 )
 
@@ -48,8 +56,25 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    return Settings.from_env(**{s.name: getattr(args, s.name, None) for s in USER_SETTINGS})
+def _settings(args: argparse.Namespace, resolve: bool = True) -> Settings:
+    """The settings from flags and variables; with `resolve`, pointed at the chosen collection's folders."""
+    settings = Settings.from_env(**{s.name: getattr(args, s.name, None) for s in USER_SETTINGS})
+    if not resolve or settings.collection == collection.DEFAULT:
+        return settings
+    moved = [
+        flag
+        for flag, name, var in (
+            ("--corpus", "corpus_dir", "RAG_CORPUS_DIR"),
+            ("--index-dir", "index_dir", "RAG_INDEX_DIR"),
+        )
+        if getattr(args, name, None) or os.environ.get(var)
+    ]
+    if moved:
+        raise ValueError(
+            f"--collection {settings.collection} has its own corpus and index: "
+            f"drop {' and '.join(moved)} (or their RAG_* variables), which set the default collection's"
+        )
+    return collection.get(settings.collection).settings(settings)
 
 
 def _assistant(settings: Settings, refresh: bool = True):
@@ -217,7 +242,99 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from rag.web import main as serve
 
-    return serve(["--host", args.host, "--port", str(args.port)], settings=_settings(args))
+    argv = ["--host", args.host, "--port", str(args.port)]
+    argv += ["--auth-file", args.auth_file] if args.auth_file else []
+    argv += ["--insecure-open"] if args.insecure_open else []
+    return serve(argv, settings=_settings(args, resolve=False))
+
+
+def cmd_collection(args: argparse.Namespace) -> int:
+    base = _settings(args, resolve=False)
+    users = _user_list(args.users) if getattr(args, "users", None) is not None else None
+    if args.action == "create":
+        created = collection.create(args.name, users)
+        corpus = created.corpus_dir(base)
+        print(f"created collection {created.name!r}: put its documents in {corpus}")
+        print(f"then: rag index --collection {created.name}")
+    elif args.action == "access":
+        if (users is None) == (not args.shared):
+            raise ValueError("give --users NAME,... to restrict the collection, or --shared to open it to everyone")
+        changed = collection.set_access(args.name, users)
+        print(f"{changed.name}: {_access(changed)}")
+    elif args.action == "delete":
+        found = collection.get(args.name)
+        count = collection.document_count(found, base)
+        if count and not args.yes:
+            raise ValueError(
+                f"collection {args.name!r} holds {count} documents in {found.corpus_dir(base)}: "
+                "add --yes to delete them with its index"
+            )
+        print(f"deleted collection {args.name!r} ({collection.delete(args.name)})")
+    else:
+        for c in collection.list_collections():
+            print(f"{c.name}\t{collection.document_count(c, base)} documents\t{_access(c)}\t{c.corpus_dir(base)}")
+    return 0
+
+
+def _user_list(text: str) -> list[str]:
+    from rag.auth import validate_user
+
+    return [validate_user(name.strip()) for name in text.split(",") if name.strip()]
+
+
+def _access(c: collection.Collection) -> str:
+    return "shared" if c.users is None else "users: " + (", ".join(c.users) or "(none)")
+
+
+def _auth_path(args: argparse.Namespace) -> Path:
+    from rag.auth import auth_file
+
+    path = Path(args.auth_file).expanduser() if args.auth_file else auth_file()
+    if path is None:
+        raise ValueError("no users file: set RAG_AUTH_FILE or give --auth-file FILE")
+    return path
+
+
+def _read_password(name: str) -> str:
+    """From the terminal without echo; from stdin (its first line) when a script pipes it in."""
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    import getpass
+
+    password = getpass.getpass(f"password for {name}: ")
+    if getpass.getpass("again: ") != password:
+        raise ValueError("the two passwords differ; nothing was changed")
+    return password
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    from rag import auth
+
+    path = _auth_path(args)
+    if args.action == "add":
+        auth.validate_user(args.name)
+        new = auth.add_user(path, args.name, _read_password(args.name))
+        print(f"{'added' if new else 'changed the password of'} {args.name} in {path}")
+    elif args.action == "remove":
+        auth.remove_user(path, args.name)
+        print(f"removed {args.name} from {path}")
+    else:
+        for name in auth.list_users(path):
+            print(name)
+    return 0
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    from rag.history import History, eval_case
+
+    disliked = History().feedback(rating=-1)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as fh:
+        for item in disliked:
+            fh.write(json.dumps(eval_case(item), ensure_ascii=False) + "\n")
+    print(f"wrote {len(disliked)} 👎 answers to {out}: fill in each row's 'answers', then rag eval --qa {out}")
+    return 0
 
 
 def _subcommand(sub, name: str, help: str) -> argparse.ArgumentParser:
@@ -286,7 +403,64 @@ def build_parser() -> argparse.ArgumentParser:
     p = _subcommand(sub, "serve", "start the web chat (builds or refreshes the index first)")
     p.add_argument("--host", default=os.environ.get("RAG_HOST", "127.0.0.1"), help="address to listen on [RAG_HOST]")
     p.add_argument("--port", type=int, default=int(os.environ.get("RAG_PORT", "7860")), help="[RAG_PORT]")
+    p.add_argument(
+        "--auth-file",
+        default=None,
+        metavar="FILE",
+        help="users file (rag user add); each user sees their own conversations [RAG_AUTH_FILE]",
+    )
+    p.add_argument(
+        "--insecure-open",
+        action="store_true",
+        help="listen on a non-loopback --host without a users file: anyone who reaches it can ask",
+    )
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "collection",
+        help="create, list, share or delete named collections (a corpus folder with its own index)",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.set_defaults(func=cmd_collection)
+    actions = p.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("create", help="an empty collection under RAG_HOME/collections/NAME")
+    a.add_argument("name")
+    a.add_argument("--users", metavar="NAME,...", help="only these users may see it (default: shared)")
+    a = actions.add_parser("access", help="restrict a collection to named users, or share it")
+    a.add_argument("name")
+    a.add_argument("--users", metavar="NAME,...", help="only these users may see it")
+    a.add_argument("--shared", action="store_true", help="everyone may see it")
+    a = actions.add_parser("delete", help="delete a collection's folder: documents, index and metadata")
+    a.add_argument("name")
+    a.add_argument("--yes", action="store_true", help="delete even though it holds documents")
+    actions.add_parser("list", help="each collection: documents, access and folder")
+
+    p = sub.add_parser(
+        "user",
+        help="add, list or remove users of the web chat's login",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--auth-file", default=None, metavar="FILE", help="the users file [RAG_AUTH_FILE]")
+    p.set_defaults(func=cmd_user)
+    actions = p.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("add", help="add a user or change their password (asked for, or a line on stdin)")
+    a.add_argument("name")
+    a = actions.add_parser("remove", help="remove a user")
+    a.add_argument("name")
+    actions.add_parser("list", help="the users' names")
+
+    p = sub.add_parser(
+        "feedback",
+        help="export the chat's feedback",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.set_defaults(func=cmd_feedback)
+    actions = p.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("export", help="the 👎 answers with their questions, as eval cases to complete")
+    a.add_argument("--out", required=True, help="the JSONL file to write")
     return parser
 
 
@@ -294,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:  # CollectionError, AuthError are ValueErrors
         print(f"rag {args.command}: {exc}", file=sys.stderr)
         return 1
 

@@ -45,6 +45,17 @@ def _default_index_dir() -> Path:
     return PROJECT_ROOT / "index" if IN_CHECKOUT else _user_cache() / "index"
 
 
+def data_home() -> Path:
+    """Where what users make lives (collections, conversations): RAG_HOME, else ~/.local/share/rag.
+
+    Not the cache: deleting a cache must not delete a team's documents and feedback.
+    """
+    home = _home()
+    if home:
+        return home
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "rag"
+
+
 def _default_cache_dir() -> Path:
     home = _home()
     return home / "cache" if home else _user_cache()
@@ -78,6 +89,15 @@ class Settings:
         flag="--index-dir",
         env="RAG_INDEX_DIR",
         help="where the index lives (default: index/ in a checkout of the repository, else ~/.cache/rag/index)",
+    )
+    # "default" is the corpus and index above (--corpus, --index-dir); any other name is a folder
+    # of its own with both inside (rag.collection).
+    collection: str = option(
+        "default",
+        flag="--collection",
+        env="RAG_COLLECTION",
+        help="a named collection under RAG_HOME/collections, with its own corpus and index; "
+        "'default' is --corpus/--index-dir",
     )
     embed_model: str = option(
         DEFAULT_EMBED_MODEL,

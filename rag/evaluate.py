@@ -51,6 +51,9 @@ def load_qa(path: Path, skip_bad: bool = False) -> list[dict]:
                 continue
             if missing:
                 raise ValueError(f"{path}:{number}: missing {missing[0]!r}")
+            if "answers" in row and row["answers"] is None:
+                # `rag feedback export` leaves it null for a person to fill in; [] means "should abstain".
+                raise ValueError(f"{path}:{number}: fill in 'answers' (or [] when the documents do not answer it)")
             row.setdefault("answers", [])
             row.setdefault("doc_ids", [])
             row.setdefault("tags", [])

@@ -1,31 +1,37 @@
 """The web chat: a Gradio app over rag/, answering with cited, inspectable sources.
 
-A thin layer: rag.assistant answers, rag.chat turns answers into safe HTML and follow-ups into
-standalone queries; this module only lays out the page and wires events. Trade-off: the answer is
-computed whole and then streamed to the page, so streaming shows progress but does not make
-the first word arrive sooner. Gradio is imported only when a page is built: importing this module
-stays cheap for `rag --help` and the tests that drive the handlers.
+A thin layer: rag.assistant answers (one per collection, rag.collection.Library), rag.chat turns
+answers into safe HTML and follow-ups into standalone queries, rag.history keeps conversations
+and feedback, rag.auth checks logins; this module only lays out the page and wires events.
+Trade-off: the answer is computed whole and then streamed to the page, so streaming shows
+progress but does not make the first word arrive sooner. Gradio is imported only when a page
+is built: importing this module stays cheap for `rag --help` and the tests that drive the handlers.
+No `from __future__ import annotations` here: Gradio finds the `gr.Request` it passes to a
+handler by the handler's evaluated annotations, and `gr` is imported inside build_app.
 
-    rag serve [--host 127.0.0.1] [--port 7860]     (or, in a checkout: python app.py)
+    rag serve [--host 127.0.0.1] [--port 7860] [--auth-file FILE]     (or, in a checkout: python app.py)
 """
-
-from __future__ import annotations
 
 import argparse
 import gc
+import ipaddress
 import os
+import sqlite3
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rag import auth
 from rag.answer import language_of
-from rag.assistant import Assistant, QuestionError
+from rag.assistant import Assistant, QuestionError, validate_question
 from rag.chat import (
     document_choices,
     document_html,
     document_text,
     draft_message,
+    escape_html,
     escape_markdown,
     format_answer,
     index_html,
@@ -33,7 +39,9 @@ from rag.chat import (
     sources_html,
     stream_answer,
 )
+from rag.collection import DEFAULT, CollectionError, Library, get, visible_to
 from rag.config import Settings
+from rag.history import History, NotFound
 from rag.indexing import IndexError_, read_manifest
 
 if TYPE_CHECKING:
@@ -78,6 +86,7 @@ code.doc-id { font-size: .85em; }
 .index-info table { width: 100%; border-collapse: collapse; border: none; }
 .index-info td, .index-info th { border: none; border-bottom: 1px solid #e2e8f0; padding: .3em .5em; text-align: left; }
 .index-info td.num { text-align: right; }
+#hint .hint { color: #9a3412; margin: .2em 0; }
 """
 
 # No allowed_paths: the page serves no files of ours; documents reach it only as escaped text.
@@ -86,70 +95,242 @@ code.doc-id { font-size: .85em; }
 SECURE_LAUNCH = {"max_file_size": 0, "enable_monitoring": False}
 
 
-def build_app(assistant: Assistant) -> gr.Blocks:
-    """The chat page for `assistant`; the caller sets the queue and launches it."""
+def _user(request: "gr.Request | None") -> str | None:
+    """Who is asking: the login name, or None when the app runs without login."""
+    return getattr(request, "username", None) or None
+
+
+def _hint(text: str) -> str:
+    return f'<p class="hint" role="alert">{escape_html(text)}</p>' if text else ""
+
+
+def conversation_choices(history: History, user: str | None, collection: str) -> list[tuple[str, int]]:
+    return [(c.title, c.id) for c in history.conversations(user or "", collection)]
+
+
+def build_app(library: Library, history: History, collection: str = DEFAULT) -> "gr.Blocks":
+    """The chat page over `library`'s collections, keeping conversations in `history`.
+
+    `collection` is the one a browser starts on; the caller sets the queue and launches it.
+    """
     import gradio as gr
 
-    def respond(message: str, chat: list[dict], asked: list[str]):
-        """Stream the answer to `message` into the chat; fill the sources panel when done."""
-        message = (message or "").strip()
-        if not message:
-            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    keep = gr.skip()
+    empty_sources = sources_html(None)
+
+    def fresh_conversation():
+        """Outputs of a conversation not started yet: no messages, no sources, no follow-up context."""
+        return [], [], [], None, empty_sources, {}, "", ""
+
+    def respond(
+        message: str,
+        chat: list[dict],
+        asked: list[str],
+        name: str,
+        conversation: int | None,
+        message_ids: list[int | None],
+        request: gr.Request,
+    ):
+        """Stream the answer to `message` into the chat; fill the sources panel and save it when done.
+
+        Outputs: question, chatbot, sources, picker, asked, spans, hint, conversation, message_ids,
+        conversations. A refused question stays in the box with a hint; it never enters the chat.
+        """
+        user = _user(request)
+
+        def refuse(text: str, restore: str | None = None):
+            return (restore if restore is not None else keep, keep, keep, keep, keep, keep, _hint(text)) + (keep,) * 3
+
+        if not (message or "").strip():
+            yield refuse("Type a question first. · 请先输入问题。")
             return
-        chat = [*chat, {"role": "user", "content": escape_markdown(message)}, {"role": "assistant", "content": "…"}]
-        yield "", chat, gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        language = language_of(message)
+        try:
+            question = validate_question(message)  # before it is shown: a 20,000-character paste is not echoed
+            assistant = library.assistant(name, user)
+        except (QuestionError, CollectionError, IndexError_, FileNotFoundError) as exc:
+            yield refuse(str(exc))
+            return
+        chat = [*chat, {"role": "user", "content": escape_markdown(question)}, {"role": "assistant", "content": "…"}]
+        yield ("", chat, keep, keep, keep, keep, "") + (keep,) * 3
+        language = language_of(question)
         answer, draft = None, ""
         try:
             # With an LLM configured the reply streams as drafted, then is replaced by the verified
             # answer (or the extractive fallback); without one there is only the final Answer.
-            for item in assistant.ask_stream(message, history=asked):
+            for item in assistant.ask_stream(question, history=asked):
                 if isinstance(item, str):
                     draft += item
                     chat[-1] = {"role": "assistant", "content": draft_message(draft, language)}
-                    yield "", chat, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                    yield ("", chat) + (keep,) * 8
                 else:
                     answer = item
         except (QuestionError, IndexError_) as exc:
-            chat[-1] = {"role": "assistant", "content": escape_markdown(str(exc))}
-            yield "", chat, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            yield refuse(str(exc), restore=message)[:1] + (chat[:-2],) + refuse(str(exc))[2:]
             return
-        for partial in [format_answer(answer)] if draft else stream_answer(answer, STREAM_STEPS):
+        final = format_answer(answer)
+        for partial in [final] if draft else stream_answer(answer, STREAM_STEPS):
             chat[-1] = {"role": "assistant", "content": partial}
-            yield "", chat, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            yield ("", chat) + (keep,) * 8
             time.sleep(STREAM_DELAY_S)
+        hint, saved = "", None
+        try:
+            if conversation is None:
+                conversation = history.create(user or "", name, question).id
+            citations = answer.to_json()["citations"]
+            saved = history.add_message(conversation, user or "", question, answer.answer, citations, final)
+        except (sqlite3.Error, NotFound, OSError) as exc:
+            hint = _hint(f"The answer is shown but could not be saved: {exc}")
         cited = [c.doc_id for c in answer.citations or answer.nearest]
         picker = gr.update(choices=document_choices(assistant.index), value=cited[0] if cited else None)
-        yield "", chat, sources_html(answer, asked=message), picker, [*asked, message], quoted_spans(answer)
+        listed = gr.update(choices=conversation_choices(history, user, name), value=conversation)
+        yield (
+            "",
+            chat,
+            sources_html(answer, asked=question),
+            picker,
+            [*asked, question],
+            quoted_spans(answer),
+            hint,
+            conversation,
+            [*message_ids, saved],
+            listed,
+        )
 
-    def open_document(doc_id: str | None, spans: dict[str, list[tuple[int, int]]]) -> str:
+    def open_conversation(conversation: int | None, name: str, request: gr.Request):
+        """Outputs: chatbot, asked, message_ids, conversation, sources, spans, viewer, hint."""
+        if conversation is None:
+            return fresh_conversation()
+        try:
+            found = history.get(conversation, _user(request) or "")
+            library.collection(found.collection, _user(request))
+            messages = history.messages(conversation, _user(request) or "")
+        except (NotFound, CollectionError):
+            return (*fresh_conversation()[:-1], _hint("That conversation no longer exists."))
+        chat = []
+        for m in messages:
+            chat += [
+                {"role": "user", "content": escape_markdown(m.question)},
+                {"role": "assistant", "content": m.display},
+            ]
+        return chat, [m.question for m in messages], [m.id for m in messages], conversation, empty_sources, {}, "", ""
+
+    def switch_collection(name: str, request: gr.Request):
+        """Show `name`'s latest conversation, its index and documents. Outputs: the conversation's,
+        then conversations, index panel, picker."""
+        user = _user(request)
+        try:
+            library.collection(name, user)
+        except CollectionError as exc:
+            return (*fresh_conversation()[:-1], _hint(str(exc)), gr.update(choices=[], value=None), "", keep)
+        choices = conversation_choices(history, user, name)
+        latest = choices[0][1] if choices else None
+        panel, picker = show_index(name, request)
+        return (
+            *open_conversation(latest, name, request),
+            gr.update(choices=choices, value=latest),
+            panel,
+            picker,
+        )
+
+    def load_page(request: gr.Request):
+        """The collections this user may see, and the starting one's latest conversation."""
+        user = _user(request)
+        names = [c.name for c in visible_to(user)]
+        start = collection if collection in names else DEFAULT
+        return gr.update(choices=names, value=start), *switch_collection(start, request)
+
+    def new_conversation(name: str, request: gr.Request):
+        """Outputs: the conversation's, then the conversations list with nothing selected."""
+        choices = conversation_choices(history, _user(request), name)
+        return *fresh_conversation(), gr.update(choices=choices, value=None)
+
+    def rename_conversation(conversation: int | None, title: str, name: str, request: gr.Request):
+        if conversation is None:
+            return keep, keep, _hint("Ask a question first: a conversation is saved with its first answer.")
+        try:
+            history.rename(conversation, _user(request) or "", title)
+        except (NotFound, ValueError) as exc:
+            return keep, keep, _hint(str(exc))
+        return gr.update(choices=conversation_choices(history, _user(request), name), value=conversation), "", ""
+
+    def delete_conversation(conversation: int | None, name: str, request: gr.Request):
+        if conversation is not None:
+            try:
+                history.delete(conversation, _user(request) or "")
+            except NotFound:
+                pass  # already gone (another tab): the outcome the user asked for
+        return new_conversation(name, request)
+
+    def rate(message_ids: list[int | None], request: gr.Request, data: gr.LikeData):
+        """👍/👎 on an answer. Outputs: hint, the rated message's id, the comment row."""
+        index = data.index if isinstance(data.index, int) else data.index[0]
+        exchange = index // 2  # the chat alternates question, answer
+        message_id = message_ids[exchange] if 0 <= exchange < len(message_ids) else None
+        rating = {True: 1, False: -1, "Like": 1, "Dislike": -1}.get(data.liked)
+        if message_id is None or rating is None:
+            return _hint("This answer was not saved, so it cannot be rated."), None, gr.update(visible=False)
+        try:
+            history.rate(message_id, _user(request) or "", rating)
+        except (NotFound, sqlite3.Error) as exc:
+            return _hint(f"The rating could not be saved: {exc}"), None, gr.update(visible=False)
+        thanks = "Thanks! What was wrong? (optional) · 哪里不对?(可选)" if rating < 0 else "Thanks! · 谢谢!"
+        return _hint(thanks), message_id, gr.update(visible=True)
+
+    def send_comment(message_id: int | None, comment: str, request: gr.Request):
+        """Outputs: hint, comment box, comment row."""
+        if message_id is None or not (comment or "").strip():
+            return _hint("Rate an answer with 👍 or 👎, then add a comment."), keep, keep
+        try:
+            history.comment(message_id, _user(request) or "", comment)
+        except (NotFound, sqlite3.Error) as exc:
+            return _hint(str(exc)), keep, keep
+        return _hint("Comment saved. · 已保存。"), "", gr.update(visible=False)
+
+    def open_document(doc_id: str | None, spans: dict, name: str, request: gr.Request) -> str:
         if not doc_id:
             return ""
+        try:
+            assistant = library.assistant(name, _user(request))
+        except (CollectionError, IndexError_, FileNotFoundError) as exc:
+            return _hint(str(exc))
         index = assistant.index
         text = document_text(index, assistant.settings.corpus_dir, doc_id)
         title = index.documents.get(doc_id, {}).get("title", doc_id)
         return document_html(doc_id, title, text, [tuple(s) for s in spans.get(doc_id, [])])
 
-    def show_index():
-        index = assistant.index
+    def show_index(name: str, request: gr.Request):
+        try:
+            index = library.assistant(name, _user(request)).index
+        except (CollectionError, IndexError_, FileNotFoundError) as exc:
+            return _hint(str(exc)), gr.update(choices=[], value=None)
         return index_html(index.manifest), gr.update(choices=document_choices(index))
 
-    def refresh(progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio's injection idiom)
+    def refresh(name: str, request: gr.Request, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio's idiom)
         progress(0, desc="Reading documents, embedding what changed…")
         try:
-            report = assistant.refresh()
+            report = library.assistant(name, _user(request)).refresh()
         except (OSError, ValueError, RuntimeError) as exc:
-            return gr.skip(), gr.skip(), f"Refresh failed; still answering from the previous index.\n{exc}"
+            return keep, keep, f"Refresh failed; still answering from the previous index.\n{exc}"
         summary = report.summary() if report.changed or report.skipped else "The index is up to date."
-        return *show_index(), summary
-
-    def clear():
-        return [], [], sources_html(None), {}, ""
+        return *show_index(name, request), summary
 
     # analytics_enabled=False: offline means no telemetry and no version check against PyPI.
     with gr.Blocks(title="Ask your documents · 问你的文档", analytics_enabled=False) as demo:
         asked = gr.State([])  # the user's questions as typed: what follow-ups are read against
         spans = gr.State({})  # doc_id -> quoted offsets of the latest answer, for the viewer
+        conversation = gr.State(None)  # the open conversation's id; None until its first answer
+        message_ids = gr.State([])  # the saved id of each answer in the chat, for 👍/👎
+        rated = gr.State(None)  # the answer the comment box is about
+        with gr.Sidebar(label="Conversations", elem_id="sidebar"):
+            picker_collection = gr.Dropdown(
+                choices=[collection], value=collection, label="Collection · 文档集", elem_id="collection"
+            )
+            new_chat = gr.Button("New conversation · 新对话", size="sm", variant="secondary", elem_id="new-chat")
+            conversations = gr.Radio(choices=[], label="Conversations · 对话", elem_id="conversations")
+            with gr.Row():
+                rename_box = gr.Textbox(placeholder="New title · 新标题", show_label=False, scale=3, elem_id="title")
+                rename_btn = gr.Button("Rename", size="sm", scale=1, min_width=60, elem_id="rename")
+            delete_btn = gr.Button("Delete conversation · 删除", size="sm", variant="stop", elem_id="delete-chat")
         gr.Markdown(
             "## Ask your documents · 问你的文档\n"
             "Answers quote your documents and cite them; nothing leaves this machine. "
@@ -169,9 +350,19 @@ def build_app(assistant: Assistant) -> gr.Blocks:
                             sanitize_html=True,
                             allow_tags=False,
                             latex_delimiters=[],
-                            feedback_options=None,
+                            feedback_options=("Like", "Dislike"),
                             buttons=["copy"],
                         )
+                        hint = gr.HTML("", elem_id="hint")
+                        with gr.Row(visible=False, elem_id="comment-row") as comment_row:
+                            comment = gr.Textbox(
+                                placeholder="What was wrong or missing? · 哪里不对或缺少什么?",
+                                show_label=False,
+                                scale=6,
+                                elem_id="comment",
+                                max_lines=3,
+                            )
+                            send_comment_btn = gr.Button("Send · 发送", scale=1, elem_id="send-comment")
                         with gr.Row():
                             question = gr.Textbox(
                                 placeholder="Ask a question · 输入问题",
@@ -181,10 +372,9 @@ def build_app(assistant: Assistant) -> gr.Blocks:
                                 max_lines=4,
                             )
                             send = gr.Button("Ask · 提问", variant="primary", scale=1, elem_id="ask")
-                        new_chat = gr.Button("New conversation · 新对话", size="sm", variant="secondary")
                         examples = gr.Examples(EXAMPLES, inputs=question, label="Examples · 示例")
                     with gr.Column(scale=4):
-                        sources = gr.HTML(sources_html(None), elem_id="sources", label="Sources")
+                        sources = gr.HTML(empty_sources, elem_id="sources", label="Sources")
                         gr.Markdown("**Full document · 全文**")
                         with gr.Row(equal_height=True):
                             picker = gr.Dropdown(
@@ -195,26 +385,54 @@ def build_app(assistant: Assistant) -> gr.Blocks:
             with gr.Tab("Index · 索引"):
                 index_panel = gr.HTML("", elem_id="index-panel")
                 gr.Markdown(
-                    "Refreshing re-reads the corpus folder and embeds only what changed. "
+                    "Refreshing re-reads the collection's folder and embeds only what changed. "
                     "The chat keeps answering from the current index until the new one is complete. · "
                     "刷新时只重新嵌入有变化的文档，完成前问答继续使用当前索引。"
                 )
                 refresh_btn = gr.Button("Refresh index · 刷新索引", variant="primary", elem_id="refresh")
                 refresh_status = gr.Textbox(label="Last refresh", interactive=False, lines=3, elem_id="refresh-status")
 
-        outputs = [question, chatbot, sources, picker, asked, spans]
+        ask_inputs = [question, chatbot, asked, picker_collection, conversation, message_ids]
+        outputs = [question, chatbot, sources, picker, asked, spans, hint, conversation, message_ids, conversations]
+        opened = [chatbot, asked, message_ids, conversation, sources, spans, viewer, hint]
         # The chat runs in the default concurrency group; the refresh gets its own single slot,
         # so a long re-embedding never takes the chat's slots and answers keep coming meanwhile.
-        send.click(respond, [question, chatbot, asked], outputs)
-        question.submit(respond, [question, chatbot, asked], outputs)
-        examples.load_input_event.then(respond, [question, chatbot, asked], outputs)  # a click asks it
-        open_btn.click(open_document, [picker, spans], viewer)
-        new_chat.click(clear, None, [chatbot, asked, sources, spans, viewer])
-        refresh_btn.click(
-            refresh, None, [index_panel, picker, refresh_status], concurrency_limit=1, concurrency_id="refresh"
+        send.click(respond, ask_inputs, outputs)
+        question.submit(respond, ask_inputs, outputs)
+        examples.load_input_event.then(respond, ask_inputs, outputs)  # a click asks it
+        open_btn.click(open_document, [picker, spans, picker_collection], viewer)
+        # .input, not .change: only the user's own choice, not the lists this code updates.
+        conversations.input(open_conversation, [conversations, picker_collection], opened)
+        picker_collection.input(switch_collection, picker_collection, [*opened, conversations, index_panel, picker])
+        new_chat.click(new_conversation, picker_collection, [*opened, conversations])
+        # The trash icon: a cleared chat also forgets its sources and the questions follow-ups read.
+        chatbot.clear(new_conversation, picker_collection, [*opened, conversations])
+        rename_btn.click(
+            rename_conversation, [conversation, rename_box, picker_collection], [conversations, rename_box, hint]
         )
-        demo.load(show_index, None, [index_panel, picker])
+        delete_btn.click(delete_conversation, [conversation, picker_collection], [*opened, conversations])
+        chatbot.like(rate, message_ids, [hint, rated, comment_row])
+        send_comment_btn.click(send_comment, [rated, comment], [hint, comment, comment_row])
+        comment.submit(send_comment, [rated, comment], [hint, comment, comment_row])
+        refresh_btn.click(
+            refresh,
+            picker_collection,
+            [index_panel, picker, refresh_status],
+            concurrency_limit=1,
+            concurrency_id="refresh",
+        )
+        demo.load(load_page, None, [picker_collection, *opened, conversations, index_panel, picker])
     return demo
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name that may resolve anywhere
 
 
 def main(argv: list[str] | None = None, settings: Settings | None = None, prog: str = "rag serve") -> int:
@@ -227,9 +445,35 @@ def main(argv: list[str] | None = None, settings: Settings | None = None, prog: 
     )
     parser.add_argument("--host", default=os.environ.get("RAG_HOST", "127.0.0.1"), help="[RAG_HOST]")
     parser.add_argument("--port", type=int, default=int(os.environ.get("RAG_PORT", "7860")), help="[RAG_PORT]")
+    parser.add_argument("--auth-file", default=None, metavar="FILE", help="users file (rag user add) [RAG_AUTH_FILE]")
+    parser.add_argument(
+        "--insecure-open", action="store_true", help="listen on a non-loopback --host without a users file"
+    )
     args = parser.parse_args(argv)
 
-    assistant = Assistant(settings or Settings.from_env())
+    users_file = Path(args.auth_file).expanduser() if args.auth_file else auth.auth_file()
+    if users_file is None and not is_loopback(args.host) and not args.insecure_open:
+        print(
+            f"{prog}: refusing to serve on {args.host} without login: anyone who reaches it could read the "
+            "documents. Set RAG_AUTH_FILE (rag user add NAME), or listen on 127.0.0.1, or pass --insecure-open.",
+            file=sys.stderr,
+        )
+        return 2
+    if users_file is not None:
+        try:
+            if not auth.load_users(users_file):
+                raise auth.AuthError(f"the users file {users_file} has no users: add one with `rag user add NAME`")
+        except (OSError, auth.AuthError) as exc:
+            print(f"{prog}: {exc}", file=sys.stderr)  # asked for a login: never fall back to an open app
+            return 1
+
+    base = settings or Settings.from_env()
+    try:
+        start = get(base.collection)
+    except CollectionError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 1
+    assistant = Assistant(get(DEFAULT).settings(base))
     try:
         report = assistant.ensure_index()
     except FileNotFoundError as exc:  # the corpus folder is missing or empty (an unmounted drive?)
@@ -244,6 +488,12 @@ def main(argv: list[str] | None = None, settings: Settings | None = None, prog: 
         return 1
     if report is not None:
         print(f"index refreshed: {report.summary()}", file=sys.stderr)
+    library = Library(base, assistant)
+    if start.name != DEFAULT:
+        try:
+            library.assistant(start.name, None)
+        except (FileNotFoundError, OSError, ValueError, RuntimeError) as exc:  # shown again in the page
+            print(f"{prog}: warning: collection {start.name!r}: {exc}", file=sys.stderr)
 
     # No cyclic garbage collection while starting: its passes over the objects Gradio's import
     # creates took 0.55-0.7 s of a 2.1-3.0 s import; it is back on once the page is served.
@@ -251,7 +501,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None, prog: 
     gc.disable()
     import gradio as gr
 
-    demo = build_app(assistant)
+    demo = build_app(library, History(), start.name)
     # Chosen from bench/load.py (20 simulated users, 2 cores; bench/RESULTS.md "Load"): with 2
     # answers at a time one core idled, since each answer holds its slot ~0.5 s while it streams;
     # 4 raised throughput from 3.1 to 5.4 answers/s. A queue of 16 refused a third of the requests
@@ -266,6 +516,8 @@ def main(argv: list[str] | None = None, settings: Settings | None = None, prog: 
         css=CSS,
         footer_links=[],
         prevent_thread_lock=True,
+        auth=auth.login_check(users_file) if users_file else None,
+        auth_message="Ask your documents · 问你的文档" if users_file else None,
         **SECURE_LAUNCH,
     )
     if collecting:

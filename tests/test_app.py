@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 from rag import web
 from rag.answer import Answer, Citation
+from rag.history import History
 
 
 def _citation() -> Citation:
@@ -29,11 +30,28 @@ class StreamingAssistant:
         return SimpleNamespace(documents={"002.txt": {"title": "成果展"}})
 
 
-def _updates(assistant, *args) -> list[tuple]:
+class OneCollection:
+    """Stands in for rag.collection.Library: every collection is answered by `assistant`."""
+
+    def __init__(self, assistant) -> None:
+        self.assistant_ = assistant
+
+    def assistant(self, name, user):
+        return self.assistant_
+
+    def collection(self, name, user):
+        return SimpleNamespace(name=name)
+
+
+def _handler(assistant, name: str):
+    demo = web.build_app(OneCollection(assistant), History())
+    return next(f.fn for f in demo.fns.values() if f.name == name)
+
+
+def _updates(assistant, message, chat, asked) -> list[tuple]:
     """Every update the handler yields, copied as it is yielded (the handler reuses its lists)."""
-    demo = web.build_app(assistant)
-    respond = next(f.fn for f in demo.fns.values() if f.name == "respond")
-    return [copy.deepcopy(update) for update in respond(*args)]
+    respond = _handler(assistant, "respond")
+    return [copy.deepcopy(update) for update in respond(message, chat, asked, "default", None, [], None)]
 
 
 def test_llm_deltas_stream_as_a_marked_draft_then_the_verified_answer_replaces_them():
@@ -80,7 +98,7 @@ def test_the_app_serves_an_existing_index_with_a_warning_when_the_corpus_folder_
 
     Assistant(settings, embedder).refresh()
     monkeypatch.setattr("rag.assistant.load_embedder", lambda name, cache_dir: embedder)
-    monkeypatch.setattr(web, "build_app", lambda assistant: LaunchRecorder())
+    monkeypatch.setattr(web, "build_app", lambda *args: LaunchRecorder())
     monkeypatch.setenv("RAG_INDEX_DIR", str(settings.index_dir))
     for corpus in (tmp_path / "unmounted", tmp_path / "empty"):
         if corpus.name == "empty":

@@ -33,7 +33,10 @@ def _helps() -> dict[str, str]:
 
 
 def _options(parser: argparse.ArgumentParser) -> set[str]:
-    return {option for action in parser._actions for option in action.option_strings}
+    """A parser's flags, with those of its sub-commands' own sub-commands (`rag collection create --users`)."""
+    options = {option for action in parser._actions for option in action.option_strings}
+    nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return options.union(*(_options(sub) for action in nested for sub in action.choices.values()))
 
 
 def _parses(command_line: str) -> None:
