@@ -180,6 +180,6 @@ class Library:
 
                 shared = next(iter(self._assistants.values()), None)
                 assistant = Assistant(collection.settings(self.base), shared.embedder if shared else None)
-                assistant.ensure_index()  # an empty corpus raises here, and is tried again next time
+                assistant.ensure_index()  # a missing corpus folder raises here, and is tried again next time
                 self._assistants[name] = assistant
         return assistant

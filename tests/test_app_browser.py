@@ -2,13 +2,17 @@
 
 Starts `python app.py` on a free loopback port over a copy of the bundled corpus plus one
 hostile document, asks in Chinese and English, follows up, checks that the hostile markup
-stays inert, and refreshes the index. The tests share one page and run in file order.
+stays inert, and refreshes the index; then the input hints, the trash icon, 👎 feedback and its
+export, a reload that finds the conversation, and switching to a second collection. The tests
+share one page and run in file order. A second server with a users file checks that two users
+each see only their own conversations and the collections they are allowed.
 Needs /usr/bin/chromium (`apt-get install chromium`) and the playwright package; it never
 downloads a browser. The screenshot goes to docs/screenshot.png.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -22,6 +26,7 @@ from pathlib import Path
 import pytest
 from conftest import stop_process
 
+from rag import auth, collection
 from rag.config import DEFAULT_EMBED_MODEL
 
 pytestmark = pytest.mark.integration
@@ -81,19 +86,26 @@ def corpus(tmp_path_factory) -> Path:
     return corpus
 
 
-@pytest.fixture(scope="module")
-def server(corpus: Path, model_cache_dir: Path):
+OKAPI_DOC = "The okapi harbour opens at dawn and closes at nine in the evening.\n"
+PASSWORDS = {"alice": "correct horse", "bob": "battery staple"}
+
+
+def _start(corpus: Path, home: Path, model_cache_dir: Path, **env_extra: str):
+    """`python app.py` over `corpus` with `home` as RAG_HOME; the (process, url, log)."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing: install Debian's browser with `apt-get install chromium`")
     port = _free_port()
     # The defaults, whatever the caller's RAG_* settings; the model cache is shared (RAG_CACHE_DIR if set).
     env = {name: value for name, value in os.environ.items() if not name.startswith("RAG_")}
     env.update(
+        RAG_HOME=str(home),
         RAG_CORPUS_DIR=str(corpus),
         RAG_INDEX_DIR=str(corpus.parent / "index"),
         RAG_CACHE_DIR=str(model_cache_dir),
+        **env_extra,
     )
-    log = corpus.parent / "app.log"
+    log = home / "app.log"
+    home.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port)],
@@ -105,9 +117,34 @@ def server(corpus: Path, model_cache_dir: Path):
     url = f"http://127.0.0.1:{port}/"
     try:
         _wait_until_serving(url, proc, log)
-        yield url
+    except BaseException:
+        stop_process(proc)
+        raise
+    return proc, url, env
+
+
+def _add_collection(home: Path, name: str, users: list[str] | None = None) -> None:
+    """A collection made in `home` as `rag collection create` would, holding the okapi note."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAG_HOME", str(home))
+        made = collection.create(name, users)
+    (made.folder / "corpus" / "okapi.txt").write_text(OKAPI_DOC, encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def served(corpus: Path, model_cache_dir: Path):
+    home = corpus.parent / "home"
+    _add_collection(home, "okapi")
+    proc, url, env = _start(corpus, home, model_cache_dir)
+    try:
+        yield url, env
     finally:
         stop_process(proc)
+
+
+@pytest.fixture(scope="module")
+def server(served) -> str:
+    return served[0]
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +233,155 @@ def test_refresh_index_picks_up_a_new_document(page, corpus: Path):
     _expect(status).to_have_value(re.compile("added 1"), timeout=ANSWER_TIMEOUT_MS)
     _expect(page.locator("#index-panel")).to_contain_text("zz_added.txt")
     assert page.evaluate("typeof window.__pwned") == "undefined"
+
+
+# --------------------------------------------------------------------------- input, history, feedback
+
+
+def test_an_empty_question_gets_a_hint_and_a_too_long_one_is_refused_without_being_echoed(page):
+    page.get_by_role("tab", name="Chat · 问答").click()
+    bots = page.locator('#chat [data-testid="bot"]')
+    before = bots.count()
+    page.fill("#question textarea", "   ")
+    page.click("#ask")
+    _expect(page.locator("#hint")).to_contain_text("Type a question first")
+    long_question = "zebra " * 4000
+    page.fill("#question textarea", long_question)
+    page.click("#ask")
+    _expect(page.locator("#hint")).to_contain_text("the limit is 2000")
+    assert "zebra zebra zebra" not in page.locator("#chat").inner_text()
+    assert bots.count() == before
+    assert page.input_value("#question textarea") == long_question  # kept to be shortened, not lost
+
+
+def test_the_trash_icon_also_resets_the_sources_and_the_follow_up_context(page):
+    ask(page, "Who is the chairman of the board of Huali Group Co., Ltd.?")
+    _expect(page.locator("#sources")).to_contain_text("000_a8a753100bc1bd62.txt")
+    page.locator('#chat button[aria-label="Clear"]').click()
+    _expect(page.locator('#chat [data-testid="bot"]')).to_have_count(0)
+    _expect(page.locator("#sources .src-empty")).to_have_count(1)
+    ask(page, "Which business alliance is he vice chairman of?")
+    # Read on its own: not searched with the erased question about Huali Group.
+    _expect(page.locator("#sources")).not_to_contain_text("Searched with the conversation's context")
+
+
+def test_a_thumbs_down_with_a_comment_is_exported_as_an_eval_case(page, served, tmp_path: Path):
+    page.click("#new-chat")
+    _expect(page.locator('#chat [data-testid="bot"]')).to_have_count(0)
+    ask(page, "第二届长三角一体化发展高层论坛集中展示了多少项重大科技成果?")
+    page.locator('#chat button[aria-label="Dislike"]').last.click()
+    _expect(page.locator("#hint")).to_contain_text("What was wrong?")
+    page.fill("#comment textarea", "should also say how many came from Zhejiang")
+    page.click("#send-comment")
+    _expect(page.locator("#hint")).to_contain_text("Comment saved")
+    out = tmp_path / "feedback.jsonl"
+    subprocess.run(
+        [sys.executable, "-m", "rag.cli", "feedback", "export", "--out", str(out)],
+        cwd=ROOT,
+        env=served[1],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    [row] = [r for r in rows if r["question"].startswith("第二届长三角")]
+    assert row["answers"] is None and "585" in row["feedback"]["given_answer"]
+    assert row["feedback"]["comment"] == "should also say how many came from Zhejiang"
+    assert row["feedback"]["collection"] == "default"
+
+
+def test_a_reload_finds_the_conversation(page):
+    page.reload()
+    page.wait_for_selector("#question textarea", timeout=60_000)
+    _expect(page.locator("#conversations")).to_contain_text("第二届长三角一体化发展高层论坛")
+    _expect(page.locator('#chat [data-testid="bot"]').last).to_contain_text("585")  # the latest, reopened
+    # An older one: the zebra question, then (before the trash icon) the chairman's.
+    page.locator("#conversations label", has_text="What is the zebra lantern protocol?").click()
+    _expect(page.locator('#chat [data-testid="bot"]')).to_have_count(2)
+    _expect(page.locator('#chat [data-testid="bot"]').last).to_contain_text("Wang Licheng")
+
+
+def _choose_collection(page, name: str) -> None:
+    page.click("#collection input")
+    page.get_by_role("option", name=name, exact=True).click()
+
+
+def test_each_collection_answers_from_its_own_index_and_keeps_its_own_conversations(page):
+    _choose_collection(page, "okapi")
+    _expect(page.locator('#chat [data-testid="bot"]')).to_have_count(0)
+    _expect(page.locator("#conversations label")).to_have_count(0)
+    answer = ask(page, "When does the okapi harbour open?")
+    assert "dawn" in answer
+    _expect(page.locator("#sources")).to_contain_text("okapi.txt")
+    _choose_collection(page, "default")
+    _expect(page.locator('#chat [data-testid="bot"]').last).to_contain_text("585")
+    _expect(page.locator("#conversations")).not_to_contain_text("okapi harbour")
+    _choose_collection(page, "okapi")
+    _expect(page.locator('#chat [data-testid="bot"]').last).to_contain_text("dawn")
+    _expect(page.locator("#conversations")).to_contain_text("When does the okapi harbour open?")
+
+
+# --------------------------------------------------------------------------- login
+
+
+@pytest.fixture(scope="module")
+def auth_server(corpus: Path, served, model_cache_dir: Path, tmp_path_factory):
+    """A second server over the same corpus and index, with a users file and a collection for alice only."""
+    home = tmp_path_factory.mktemp("auth") / "home"
+    users = home.parent / "users.json"
+    for name, password in PASSWORDS.items():
+        auth.add_user(users, name, password)
+    _add_collection(home, "alices", users=["alice"])
+    proc, url, _ = _start(corpus, home, model_cache_dir, RAG_AUTH_FILE=str(users))
+    try:
+        yield url
+    finally:
+        stop_process(proc)
+
+
+def _log_in(browser, url: str, name: str, password: str):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(url)
+    page.fill('input[data-testid="textbox"]', name)
+    page.fill('input[type="password"]', password)
+    page.get_by_role("button", name="Login").click()
+    page.wait_for_selector("#question textarea", timeout=60_000)
+    return page
+
+
+def _collections_offered(page) -> list[str]:
+    page.click("#collection input")
+    options = page.get_by_role("option")
+    _expect(options.first).to_be_visible()
+    names = [text.split("\n")[-1].strip() for text in options.all_inner_texts()]  # less the ✓ of the chosen one
+    page.keyboard.press("Escape")
+    return names
+
+
+def test_two_users_see_only_their_own_conversations_and_allowed_collections(page, auth_server):
+    browser = page.context.browser
+    wrong = browser.new_page()
+    wrong.goto(auth_server)
+    wrong.fill('input[data-testid="textbox"]', "alice")
+    wrong.fill('input[type="password"]', "not her password")
+    wrong.get_by_role("button", name="Login").click()
+    _expect(wrong.get_by_text("Incorrect Credentials")).to_be_visible()
+    wrong.close()
+
+    alice = _log_in(browser, auth_server, "alice", PASSWORDS["alice"])
+    ask(alice, "Who is the chairman of the board of Huali Group Co., Ltd.?")
+    _expect(alice.locator("#conversations")).to_contain_text("Who is the chairman")
+    assert _collections_offered(alice) == ["default", "alices"]
+
+    bob = _log_in(browser, auth_server, "bob", PASSWORDS["bob"])
+    assert _collections_offered(bob) == ["default"]
+    _expect(bob.locator('#chat [data-testid="bot"]')).to_have_count(0)
+    assert "Who is the chairman" not in bob.locator("#conversations").inner_text()
+    ask(bob, "第二届长三角一体化发展高层论坛集中展示了多少项重大科技成果?")
+
+    alice.reload()
+    alice.wait_for_selector("#question textarea", timeout=60_000)
+    _expect(alice.locator("#conversations")).to_contain_text("Who is the chairman")
+    assert "第二届长三角" not in alice.locator("#conversations").inner_text()
+    for p in (alice, bob):
+        p.close()
