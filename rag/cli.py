@@ -61,18 +61,15 @@ def _settings(args: argparse.Namespace, resolve: bool = True) -> Settings:
     settings = Settings.from_env(**{s.name: getattr(args, s.name, None) for s in USER_SETTINGS})
     if not resolve or settings.collection == collection.DEFAULT:
         return settings
+    # RAG_CORPUS_DIR and RAG_INDEX_DIR only describe the default collection, so they may stay set
+    # in a shell; a flag on the same command line as --collection contradicts it.
     moved = [
-        flag
-        for flag, name, var in (
-            ("--corpus", "corpus_dir", "RAG_CORPUS_DIR"),
-            ("--index-dir", "index_dir", "RAG_INDEX_DIR"),
-        )
-        if getattr(args, name, None) or os.environ.get(var)
+        flag for flag, name in (("--corpus", "corpus_dir"), ("--index-dir", "index_dir")) if getattr(args, name, None)
     ]
     if moved:
         raise ValueError(
             f"--collection {settings.collection} has its own corpus and index: "
-            f"drop {' and '.join(moved)} (or their RAG_* variables), which set the default collection's"
+            f"drop {' and '.join(moved)}, which set the default collection's"
         )
     return collection.get(settings.collection).settings(settings)
 

@@ -116,3 +116,79 @@ def test_the_app_refuses_to_start_with_no_corpus_and_no_index(monkeypatch, capsy
     monkeypatch.setenv("RAG_CORPUS_DIR", str(tmp_path / "unmounted"))
     assert web.main([]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- input, access, history
+
+
+def _handlers(library, history: History) -> dict:
+    demo = web.build_app(library, history)
+    return {f.name: f.fn for f in demo.fns.values()}
+
+
+def _as(user: str | None):
+    return SimpleNamespace(username=user)
+
+
+def test_an_empty_or_too_long_question_gets_a_hint_and_never_reaches_the_chat():
+    final = Answer("q", "a", False, [_citation()], [], language="en")
+    assistant = StreamingAssistant([], final)
+    for message, hint in (("  ", "Type a question first"), ("x" * 20_000, "the limit is 2000")):
+        [update] = _updates(assistant, message, [], [])
+        assert hint in update[6]
+        assert "x" * 100 not in update[6]  # the question is not echoed
+        assert all(isinstance(u, type(update[1])) for u in update[:6])  # everything else left as it was
+    assert assistant.histories == []
+
+
+def test_a_user_cannot_ask_or_open_a_collection_they_are_not_allowed(settings, embedder, tmp_path):
+    from rag import collection
+    from rag.assistant import Assistant
+    from rag.collection import Library
+
+    collection.create("legal", users=["alice"])
+    default = Assistant(settings.with_(collection="default"), embedder)
+    default.refresh()
+    handlers = _handlers(Library(settings, default), History(tmp_path / "chat.sqlite3"))
+    [refused] = list(handlers["respond"]("What carries tourists?", [], [], "legal", None, [], _as("bob")))
+    assert "no collection named &#x27;legal&#x27;" in refused[6]  # escaped, as all page text
+    switched = handlers["switch_collection"]("legal", _as("bob"))
+    assert "no collection named &#x27;legal&#x27;" in switched[7] and switched[0] == []
+    page = handlers["load_page"](_as("bob"))
+    assert page[0]["choices"] == ["default"]
+    assert handlers["load_page"](_as("alice"))[0]["choices"] == ["default", "legal"]
+
+
+def test_an_answer_is_saved_to_the_users_conversation_and_reopens_with_its_follow_up_context(tmp_path):
+    history = History(tmp_path / "chat.sqlite3")
+    final = Answer("How many?", "585 were shown. [1]", False, [_citation()], [], language="en")
+    handlers = _handlers(OneCollection(StreamingAssistant([], final)), history)
+    *_, last = handlers["respond"]("How many?", [], [], "default", None, [], _as("alice"))
+    conversation, message_ids = last[7], last[8]
+    assert [c.title for c in history.conversations("alice", "default")] == ["How many?"]
+    assert history.conversations("bob", "default") == []
+    chat, asked, ids, opened, *_ = handlers["open_conversation"](conversation, "default", _as("alice"))
+    assert asked == ["How many?"] and ids == message_ids and opened == conversation
+    assert "585 were shown." in chat[1]["content"]
+    theirs = handlers["open_conversation"](conversation, "default", _as("bob"))
+    assert theirs[0] == [] and "no longer exists" in theirs[7]  # someone else's is not shown
+
+
+def test_clearing_forgets_the_sources_and_the_questions_follow_ups_read():
+    handlers = _handlers(OneCollection(None), History())
+    chat, asked, ids, conversation, sources, spans, viewer, hint, listed = handlers["new_conversation"](
+        "default", _as(None)
+    )
+    assert (chat, asked, ids, conversation, spans) == ([], [], [], None, {})
+    assert "src-empty" in sources
+
+
+def test_serving_beyond_this_machine_needs_a_users_file_or_insecure_open(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(web, "build_app", lambda *args: LaunchRecorder())
+    assert web.main(["--host", "0.0.0.0"]) == 2
+    assert "refusing to serve on 0.0.0.0 without login" in capsys.readouterr().err
+    monkeypatch.setenv("RAG_AUTH_FILE", str(tmp_path / "missing.json"))
+    assert web.main(["--host", "0.0.0.0"]) == 1  # login asked for, but no file: never served open
+    assert "missing.json does not exist" in capsys.readouterr().err
+    assert web.is_loopback("127.0.0.1") and web.is_loopback("::1") and web.is_loopback("localhost")
+    assert not web.is_loopback("0.0.0.0") and not web.is_loopback("192.168.1.5") and not web.is_loopback("example.org")

@@ -291,10 +291,11 @@ def test_multiturn_eval_cases_are_follow_ups_with_verbatim_answers():
 
 def test_build_app_makes_a_blocks_app_without_touching_the_index():
     gr = pytest.importorskip("gradio")
+    from rag.history import History
     from rag.web import build_app
 
     stub = SimpleNamespace(settings=SimpleNamespace(corpus_dir=ROOT / "corpus"))  # no index, no model
-    assert isinstance(build_app(stub), gr.Blocks)
+    assert isinstance(build_app(stub, History()), gr.Blocks)
 
 
 def test_app_py_launches_the_packaged_chat_without_importing_gradio():

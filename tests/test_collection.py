@@ -115,3 +115,10 @@ def test_the_collection_flag_refuses_a_corpus_or_index_flag_beside_it(capsys, tm
     assert "drop --corpus" in capsys.readouterr().err
     assert main(["ask", "--collection", "nosuch", "q"]) == 1
     assert "no collection named 'nosuch'" in capsys.readouterr().err
+
+
+def test_the_default_collections_variables_do_not_stop_another_collection(monkeypatch: pytest.MonkeyPatch, tmp_path):
+    folder = collection.create("legal").folder
+    monkeypatch.setenv("RAG_CORPUS_DIR", str(tmp_path / "elsewhere"))
+    resolved = _settings(build_parser().parse_args(["index", "--collection", "legal"]))
+    assert resolved.corpus_dir == folder / "corpus"

@@ -176,3 +176,18 @@ def test_a_folder_of_every_format_is_indexed_or_skipped_with_reasons_and_the_pdf
     assert cited["title"] == "Harbour Annual Report 2024"
     text = _run(workspace, "ask", *where, "When was the lighthouse on Gull Point finished?").stdout
     assert "report.pdf · p. 2 · Lighthouse" in text
+
+
+def test_a_collection_is_created_indexed_and_asked(workspace):
+    created = _run(workspace, "collection", "create", "okapi").stdout
+    corpus = Path(workspace["env"]["RAG_HOME"]) / "collections" / "okapi" / "corpus"
+    assert str(corpus) in created
+    (corpus / "okapi.txt").write_text("The okapi harbour opens at dawn and closes at nine.\n", encoding="utf-8")
+    index_dir = corpus.parent / "index"
+    assert str(index_dir) in _run(workspace, "index", "--collection", "okapi").stdout
+    assert "okapi\t1 documents\tshared" in _run(workspace, "collection", "list").stdout
+    answer = json.loads(
+        _run(workspace, "ask", "--json", "--collection", "okapi", "When does the okapi harbour open?").stdout
+    )
+    assert [c["doc_id"] for c in answer["citations"]] == ["okapi.txt"]
+    assert "alpha.txt" not in _run(workspace, "ask", "--collection", "okapi", "What carries tourists?").stdout

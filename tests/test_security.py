@@ -16,7 +16,9 @@ import pytest
 from rag import web
 from rag.assistant import Assistant
 from rag.chat import document_html, document_text, sources_html
+from rag.collection import Library
 from rag.config import PROJECT_ROOT
+from rag.history import History
 
 HOSTILE = (
     "Hostile notes about the lighthouse keeper.\n"
@@ -48,7 +50,7 @@ def served(tmp_path_factory):
     settings = Settings(corpus_dir=corpus, index_dir=root / "index", chunk_tokens=32, chunk_overlap=8)
     assistant = Assistant(settings, FakeEmbedder())
     assistant.refresh()
-    demo = web.build_app(assistant)
+    demo = web.build_app(Library(settings, assistant), History(root / "chat.sqlite3"))
     demo.queue(default_concurrency_limit=2, max_size=16)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **web.SECURE_LAUNCH)
