@@ -42,6 +42,7 @@ from rag.chat import (
 from rag.collection import DEFAULT, CollectionError, Library, get, visible_to
 from rag.config import Settings
 from rag.history import History, NotFound
+from rag.history import default_path as history_path
 from rag.indexing import IndexError_, read_manifest
 
 if TYPE_CHECKING:
@@ -488,6 +489,11 @@ def main(argv: list[str] | None = None, settings: Settings | None = None, prog: 
         return 1
     if report is not None:
         print(f"index refreshed: {report.summary()}", file=sys.stderr)
+    try:
+        history = History()
+    except (OSError, sqlite3.Error) as exc:
+        print(f"{prog}: cannot open the conversation history {history_path()}: {exc}", file=sys.stderr)
+        return 1
     library = Library(base, assistant)
     if start.name != DEFAULT:
         try:
@@ -501,7 +507,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None, prog: 
     gc.disable()
     import gradio as gr
 
-    demo = build_app(library, History(), start.name)
+    demo = build_app(library, history, start.name)
     # Chosen from bench/load.py (20 simulated users, 2 cores; bench/RESULTS.md "Load"): with 2
     # answers at a time one core idled, since each answer holds its slot ~0.5 s while it streams;
     # 4 raised throughput from 3.1 to 5.4 answers/s. A queue of 16 refused a third of the requests

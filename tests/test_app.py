@@ -192,3 +192,24 @@ def test_serving_beyond_this_machine_needs_a_users_file_or_insecure_open(monkeyp
     assert "missing.json does not exist" in capsys.readouterr().err
     assert web.is_loopback("127.0.0.1") and web.is_loopback("::1") and web.is_loopback("localhost")
     assert not web.is_loopback("0.0.0.0") and not web.is_loopback("192.168.1.5") and not web.is_loopback("example.org")
+
+
+def test_conversations_are_renamed_and_deleted_from_the_sidebar_by_their_owner_only(tmp_path):
+    history = History(tmp_path / "chat.sqlite3")
+    handlers = _handlers(OneCollection(None), history)
+    mine = history.create("alice", "default", "How many?").id
+    listed, box, hint = handlers["rename_conversation"](mine, "Forum figures", "default", _as("alice"))
+    assert listed["choices"] == [("Forum figures", mine)] and box == "" and hint == ""
+    _, _, refused = handlers["rename_conversation"](mine, "Mine now", "default", _as("bob"))
+    assert "no conversation" in refused
+    handlers["delete_conversation"](mine, "default", _as("bob"))  # not bob's: nothing happens
+    assert history.get(mine, "alice").title == "Forum figures"
+    *cleared, listed = handlers["delete_conversation"](mine, "default", _as("alice"))
+    assert history.conversations("alice", "default") == [] and listed["choices"] == [] and cleared[0] == []
+
+
+def test_the_app_refuses_to_start_on_a_collection_that_does_not_exist(capsys):
+    from rag.config import Settings
+
+    assert web.main([], settings=Settings(collection="nosuch")) == 1
+    assert "no collection named 'nosuch'" in capsys.readouterr().err
