@@ -260,6 +260,11 @@ class History:
                 ),
             )
 
+    def unrate(self, message_id: int, user: str) -> None:
+        """Withdraw the user's rating of an answer (a second click on the same thumb)."""
+        with self._connect() as db:
+            db.execute("DELETE FROM feedback WHERE message_id = ? AND user = ?", (message_id, user))
+
     def comment(self, message_id: int, user: str, comment: str) -> None:
         """Add or replace the comment on a rating the user already gave."""
         with self._connect() as db:

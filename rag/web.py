@@ -121,7 +121,7 @@ def build_app(library: Library, history: History, collection: str = DEFAULT) -> 
 
     def fresh_conversation():
         """Outputs of a conversation not started yet: no messages, no sources, no follow-up context."""
-        return [], [], [], None, empty_sources, {}, "", ""
+        return gr.update(value=[], feedback_value=[]), [], [], None, empty_sources, {}, "", ""
 
     def respond(
         message: str,
@@ -213,7 +213,19 @@ def build_app(library: Library, history: History, collection: str = DEFAULT) -> 
                 {"role": "user", "content": escape_markdown(m.question)},
                 {"role": "assistant", "content": m.display},
             ]
-        return chat, [m.question for m in messages], [m.id for m in messages], conversation, empty_sources, {}, "", ""
+        # The thumbs as they were given: one entry per answer.
+        thumbs = [{1: "Like", -1: "Dislike"}.get(m.rating) for m in messages]
+        chatbot_value = gr.update(value=chat, feedback_value=thumbs)
+        return (
+            chatbot_value,
+            [m.question for m in messages],
+            [m.id for m in messages],
+            conversation,
+            empty_sources,
+            {},
+            "",
+            "",
+        )
 
     def switch_collection(name: str, request: gr.Request):
         """Show `name`'s latest conversation, its index and documents. Outputs: the conversation's,
@@ -267,10 +279,14 @@ def build_app(library: Library, history: History, collection: str = DEFAULT) -> 
         index = data.index if isinstance(data.index, int) else data.index[0]
         exchange = index // 2  # the chat alternates question, answer
         message_id = message_ids[exchange] if 0 <= exchange < len(message_ids) else None
-        rating = {True: 1, False: -1, "Like": 1, "Dislike": -1}.get(data.liked)
+        # Gradio sends True for 👍, False for 👎, and "" when the chosen thumb is clicked again.
+        rating = {True: 1, False: -1, "": 0}.get(data.liked)
         if message_id is None or rating is None:
             return _hint("This answer was not saved, so it cannot be rated."), None, gr.update(visible=False)
         try:
+            if rating == 0:
+                history.unrate(message_id, _user(request) or "")
+                return _hint("Rating withdrawn. · 已撤销。"), None, gr.update(visible=False)
             history.rate(message_id, _user(request) or "", rating)
         except (NotFound, sqlite3.Error) as exc:
             return _hint(f"The rating could not be saved: {exc}"), None, gr.update(visible=False)

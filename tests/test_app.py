@@ -153,7 +153,7 @@ def test_a_user_cannot_ask_or_open_a_collection_they_are_not_allowed(settings, e
     [refused] = list(handlers["respond"]("What carries tourists?", [], [], "legal", None, [], _as("bob")))
     assert "no collection named &#x27;legal&#x27;" in refused[6]  # escaped, as all page text
     switched = handlers["switch_collection"]("legal", _as("bob"))
-    assert "no collection named &#x27;legal&#x27;" in switched[7] and switched[0] == []
+    assert "no collection named &#x27;legal&#x27;" in switched[7] and switched[0]["value"] == []
     page = handlers["load_page"](_as("bob"))
     assert page[0]["choices"] == ["default"]
     assert handlers["load_page"](_as("alice"))[0]["choices"] == ["default", "legal"]
@@ -169,9 +169,11 @@ def test_an_answer_is_saved_to_the_users_conversation_and_reopens_with_its_follo
     assert history.conversations("bob", "default") == []
     chat, asked, ids, opened, *_ = handlers["open_conversation"](conversation, "default", _as("alice"))
     assert asked == ["How many?"] and ids == message_ids and opened == conversation
-    assert "585 were shown." in chat[1]["content"]
+    assert "585 were shown." in chat["value"][1]["content"] and chat["feedback_value"] == [None]
+    history.rate(message_ids[0], "alice", -1)
+    assert handlers["open_conversation"](conversation, "default", _as("alice"))[0]["feedback_value"] == ["Dislike"]
     theirs = handlers["open_conversation"](conversation, "default", _as("bob"))
-    assert theirs[0] == [] and "no longer exists" in theirs[7]  # someone else's is not shown
+    assert theirs[0]["value"] == [] and "no longer exists" in theirs[7]  # someone else's is not shown
 
 
 def test_clearing_forgets_the_sources_and_the_questions_follow_ups_read():
@@ -179,7 +181,7 @@ def test_clearing_forgets_the_sources_and_the_questions_follow_ups_read():
     chat, asked, ids, conversation, sources, spans, viewer, hint, listed = handlers["new_conversation"](
         "default", _as(None)
     )
-    assert (chat, asked, ids, conversation, spans) == ([], [], [], None, {})
+    assert (chat["value"], chat["feedback_value"], asked, ids, conversation, spans) == ([], [], [], [], None, {})
     assert "src-empty" in sources
 
 
@@ -205,7 +207,7 @@ def test_conversations_are_renamed_and_deleted_from_the_sidebar_by_their_owner_o
     handlers["delete_conversation"](mine, "default", _as("bob"))  # not bob's: nothing happens
     assert history.get(mine, "alice").title == "Forum figures"
     *cleared, listed = handlers["delete_conversation"](mine, "default", _as("alice"))
-    assert history.conversations("alice", "default") == [] and listed["choices"] == [] and cleared[0] == []
+    assert history.conversations("alice", "default") == [] and listed["choices"] == [] and cleared[0]["value"] == []
 
 
 def test_the_app_refuses_to_start_on_a_collection_that_does_not_exist(capsys):
@@ -213,3 +215,25 @@ def test_the_app_refuses_to_start_on_a_collection_that_does_not_exist(capsys):
 
     assert web.main([], settings=Settings(collection="nosuch")) == 1
     assert "no collection named 'nosuch'" in capsys.readouterr().err
+
+
+def test_a_thumb_rates_the_saved_answer_it_is_under_and_a_second_click_withdraws_it(tmp_path):
+    history = History(tmp_path / "chat.sqlite3")
+    handlers = _handlers(OneCollection(None), history)
+    conversation = history.create("alice", "default", "How many?").id
+    first = history.add_message(conversation, "alice", "How many?", "585. [1]", [], "585")
+    second = history.add_message(conversation, "alice", "And Zhejiang?", "165. [1]", [], "165")
+
+    def click(index: int, liked):
+        return handlers["rate"]([first, second], _as("alice"), SimpleNamespace(index=index, liked=liked))
+
+    hint, rated, row = click(3, False)  # the second answer: chat messages 2 and 3
+    assert rated == second and row["visible"] and "What was wrong?" in hint
+    assert [(f.message_id, f.rating) for f in history.feedback()] == [(second, -1)]
+    click(1, True)
+    assert {f.message_id: f.rating for f in history.feedback()} == {first: 1, second: -1}
+    hint, rated, _ = click(3, "")
+    assert "withdrawn" in hint and rated is None
+    assert [f.message_id for f in history.feedback()] == [first]
+    hint, rated, _ = handlers["rate"]([None], _as("alice"), SimpleNamespace(index=1, liked=True))
+    assert "not saved" in hint and rated is None
