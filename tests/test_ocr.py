@@ -175,3 +175,18 @@ def test_without_tesseract_scans_are_skipped_with_how_to_install_it(settings: Se
         assert INSTALL_TESSERACT in reason
         assert "apt install tesseract-ocr tesseract-ocr-eng tesseract-ocr-chi-sim tesseract-ocr-chi-tra" in reason
     assert sorted(report.added) == ["alpha.txt", "beta.md", "chinese.txt", "mixed.txt"]
+
+
+def test_a_page_tesseract_cannot_read_skips_its_file_and_nothing_else(settings: Settings, embedder, monkeypatch):
+    import pytesseract
+
+    def fail(image, lang, timeout):
+        raise pytesseract.TesseractError(1, "Image too small to scale!!")
+
+    monkeypatch.setattr(ocr, "languages_to_use", lambda wanted="": "eng")
+    monkeypatch.setattr(ocr, "_tesseract", lambda: pytesseract)
+    monkeypatch.setattr(pytesseract, "image_to_string", fail)
+    (settings.corpus_dir / "note.png").write_bytes(png_bytes(scan_image(SCANNED_LINES[:1], width=600)))
+    report = refresh_index(settings, embedder)
+    assert [(e.doc_id, e.reason) for e in report.skipped] == [("note.png", "OCR failed: Image too small to scale!!")]
+    assert sorted(report.added) == ["alpha.txt", "beta.md", "chinese.txt", "mixed.txt"]

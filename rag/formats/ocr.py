@@ -29,6 +29,10 @@ INSTALL_TESSERACT = (
 )
 DEFAULT_LANGUAGES = "eng+chi_sim+chi_tra"
 RENDER_SCALE = 300 / 72  # PDF points to 300 dpi pixels: Tesseract's preferred resolution
+# A poster-sized page at 300 dpi would need gigabytes: its long side is rendered at most this long.
+MAX_RENDER_PX = 10_000
+# A page Tesseract has not read in this long is given up (and its file skipped) rather than hang indexing.
+TIMEOUT_S = 600
 # Part of every cache key: bump it when what is cached changes (the rendering, the clean-up).
 CACHE_VERSION = "1"
 
@@ -75,7 +79,12 @@ def languages_to_use(wanted: str = "") -> str:
 
 def read_image(image, languages: str) -> str:
     """Tesseract's text for a PIL image, cleaned up (see `clean_ocr_text`)."""
-    return clean_ocr_text(_tesseract().image_to_string(image, lang=languages))
+    pytesseract = _tesseract()
+    try:
+        text = pytesseract.image_to_string(image, lang=languages, timeout=TIMEOUT_S)
+    except RuntimeError as exc:  # TesseractError (an image it cannot read), or the timeout
+        raise ConversionError(f"OCR failed: {getattr(exc, 'message', '') or exc}") from exc
+    return clean_ocr_text(text)
 
 
 # --------------------------------------------------------------------------- cleaning up
@@ -183,9 +192,15 @@ def ocr_pdf_pages(
     pdf, raw: bytes, numbers: list[int], languages: str = "", cache_dir: Path | None = None, name: str = ""
 ) -> dict[int, str]:
     """The OCR text of the given (0-based) pages of an open pypdfium2 document whose bytes are `raw`."""
+
+    def render(number: int):
+        page = pdf[number]
+        scale = min(RENDER_SCALE, MAX_RENDER_PX / max(page.get_size()))
+        return page.render(scale=scale, grayscale=True).to_pil()
+
     return read_pages(
         numbers,
-        lambda number: pdf[number].render(scale=RENDER_SCALE, grayscale=True).to_pil(),
+        render,
         hashlib.sha256(raw).hexdigest(),
         languages,
         cache_dir,
@@ -202,6 +217,8 @@ def convert_image(raw: bytes, languages: str = "", cache_dir: Path | None = None
         image.load()
     except (UnidentifiedImageError, OSError) as exc:
         raise ConversionError("damaged image (it cannot be decoded)") from exc
+    except Image.DecompressionBombError as exc:  # Pillow's guard against images that fill memory
+        raise ConversionError(f"image too large to read ({exc})") from exc
 
     def frame(number: int):
         image.seek(number)
