@@ -133,7 +133,15 @@ def build_app(assistant: Assistant) -> gr.Blocks:
         title = index.documents.get(doc_id, {}).get("title", doc_id)
         quoted = [tuple(s) for s in spans.get(doc_id, [])]
         # A PDF's quoted page as an image too, the quote highlighted on it.
-        preview = text and page_preview(index.documents, settings.corpus_dir, doc_id, text, quoted)
+        preview = text and page_preview(
+            index.documents,
+            settings.corpus_dir,
+            doc_id,
+            text,
+            quoted,
+            ocr_languages=settings.ocr_languages,
+            ocr_cache_dir=settings.cache_dir,
+        )
         return document_html(doc_id, title, text, quoted) + (page_image_html(preview) if preview else "")
 
     def show_index():

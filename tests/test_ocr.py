@@ -20,7 +20,8 @@ from rag import cli
 from rag.config import Settings
 from rag.documents import load_document
 from rag.formats.ocr import INSTALL_TESSERACT, clean_ocr_text
-from rag.indexing import refresh_index
+from rag.indexing import read_manifest, refresh_index
+from rag.preview import RENDER_SCALE, page_preview, render_page
 
 FONT = Path("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc")
 needs_tesseract = pytest.mark.skipif(
@@ -103,7 +104,7 @@ def test_a_png_is_read_by_ocr_in_english_and_chinese(tmp_path: Path):
     assert "The northern pier was repaired in May after the storm." in document.text
     assert "港口在五月修复了北码头。" in document.text  # no spaces between the characters
     assert document.pages == ((0, 1),)
-    assert len(list((tmp_path / "cache" / "ocr").glob("*.txt"))) == 1
+    assert len(list((tmp_path / "cache" / "ocr").glob("*.json"))) == 1
 
 
 @pytest.mark.slow  # Tesseract reads an A4 page in three languages (5-10 s on 2 shared cores); the real model
@@ -124,10 +125,31 @@ def test_a_scanned_pdf_page_is_indexed_and_cited_by_page(tmp_path: Path, monkeyp
     assert "412" in answer["answer"]
     assert {(c["doc_id"], c["page"]) for c in answer["citations"]} == {("harbour.pdf", 2)}
 
+    spans = [tuple(span) for c in answer["citations"] for span in c["quoted"]]
+
     assert cli.main([*ask, "灯塔看守人统计了多少艘进港船只？"]) == 0
     answer = json.loads(capsys.readouterr().out)
     assert "四百一十二" in answer["answer"]
     assert answer["citations"][0]["page"] == 2
+
+    # The page image highlights the quoted line, from the boxes of the words OCR read.
+    documents = read_manifest(tmp_path / "index")["documents"]
+    text = load_document(corpus / "harbour.pdf", "harbour.pdf", ocr_cache_dir=tmp_path / "c").text
+    preview = page_preview(documents, corpus, "harbour.pdf", text, spans, ocr_cache_dir=tmp_path / "c")
+    assert preview is not None and preview.page == 2 and preview.highlighted == 1
+    rows = changed_rows(render_page(scanned_pdf(), 2).png, preview.png)
+    quoted_line = SCANNED_LINES.index("The lighthouse keeper counted 412 ships entering the harbour.")
+    px = 72 / 25.4 * RENDER_SCALE * 190 / 1600  # preview pixels per pixel of the scan (10 mm margin, 190 mm wide)
+    top, bottom = (10 * 72 / 25.4 * RENDER_SCALE + px * (60 + 80 * n) for n in (quoted_line, quoted_line + 1))
+    assert len(rows) > 500 and top - 2 <= rows.min() and rows.max() <= bottom + 2
+
+
+def changed_rows(before: bytes, after: bytes):
+    import numpy as np
+    from PIL import Image
+
+    a, b = (np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=int) for png in (before, after))
+    return np.nonzero(np.abs(a - b).sum(axis=2) > 30)[0]
 
 
 # --------------------------------------------------------------------------- cache and skipping
@@ -140,7 +162,7 @@ def counted_ocr(monkeypatch) -> list:
 
     def read(image, languages):
         calls.append((image.size, languages))
-        return f"The scanned page number {len(calls)} says the northern pier was repaired in May."
+        return ocr.OcrPage(f"The scanned page number {len(calls)} says the northern pier was repaired in May.")
 
     monkeypatch.setattr(ocr, "languages_to_use", lambda wanted="": "eng")
     monkeypatch.setattr(ocr, "read_image", read)
@@ -153,7 +175,7 @@ def test_an_unchanged_scan_is_never_read_twice(settings: Settings, embedder, cou
     first = refresh_index(settings, embedder)
     assert {"harbour.pdf", "note.png"} <= set(first.added)
     assert len(counted_ocr) == 2  # page 2 of the PDF and the image; pages 1 and 3 have text
-    assert len(list((settings.cache_dir / "ocr").glob("*.txt"))) == 2
+    assert len(list((settings.cache_dir / "ocr").glob("*.json"))) == 2
 
     second = refresh_index(settings, embedder, rebuild=True)  # every file converted again
     assert {"harbour.pdf", "note.png"} <= set(second.added)
@@ -180,12 +202,12 @@ def test_without_tesseract_scans_are_skipped_with_how_to_install_it(settings: Se
 def test_a_page_tesseract_cannot_read_skips_its_file_and_nothing_else(settings: Settings, embedder, monkeypatch):
     import pytesseract
 
-    def fail(image, lang, timeout):
+    def fail(image, **options):
         raise pytesseract.TesseractError(1, "Image too small to scale!!")
 
     monkeypatch.setattr(ocr, "languages_to_use", lambda wanted="": "eng")
     monkeypatch.setattr(ocr, "_tesseract", lambda: pytesseract)
-    monkeypatch.setattr(pytesseract, "image_to_string", fail)
+    monkeypatch.setattr(pytesseract, "image_to_data", fail)
     (settings.corpus_dir / "note.png").write_bytes(png_bytes(scan_image(SCANNED_LINES[:1], width=600)))
     report = refresh_index(settings, embedder)
     assert [(e.doc_id, e.reason) for e in report.skipped] == [("note.png", "OCR failed: Image too small to scale!!")]

@@ -149,3 +149,20 @@ def test_the_document_viewer_shows_a_cited_pdf_page_as_an_image(tmp_path: Path):
     assert viewer.count('<img src="data:image/png;base64,') == 1 and "Page 2" in viewer
     assert "<img" not in open_document("note.txt", spans)
     assert "<img" not in open_document("harbour.pdf", {})  # nothing quoted: no page to pick
+
+
+def test_an_ocr_quote_is_boxed_line_by_line_from_the_words_read():
+    from rag.formats.ocr import OcrPage
+    from rag.preview import word_boxes
+
+    words = (
+        ("The", 10, 10, 40, 30),
+        ("pier", 50, 12, 90, 30),
+        ("was", 100, 10, 130, 30),
+        ("repaired.", 10, 50, 100, 70),  # the next line
+        ("灯塔", 10, 90, 50, 110),
+    )
+    page = OcrPage("The pier was repaired.\n\n灯塔", words, (200, 120))
+    assert word_boxes(page, "pier was repaired.") == [(50, 10, 130, 30), (10, 50, 100, 70)]
+    assert word_boxes(page, "灯 塔") == [(10, 90, 50, 110)]
+    assert word_boxes(page, "was the pier") == []

@@ -1,11 +1,10 @@
 """OCR: text for scanned PDF pages and images, read by Tesseract and cached by content hash.
 
-Each page's text is kept in `<cache dir>/ocr/<sha256>.txt`, keyed by the file's bytes, the page
-and the languages read with, so indexing again (which converts every file) never reads an
-unchanged page twice. Trade-offs: a PDF that changes at all is read again whole (keying by the
-PDF's bytes, not by each page's rendering, costs nothing on a hit; rendering every page of a
-scanned book at each refresh would not); and Tesseract's words are joined into plain text, so
-a quote from an OCR'd page is not highlighted on the page image (rag.preview).
+Each page's text and its words' boxes are kept in `<cache dir>/ocr/<sha256>.json`, keyed by the
+file's bytes, the page and the languages read with, so indexing again (which converts every file)
+never reads an unchanged page twice. Trade-off: a PDF that changes at all is read again whole
+(keying by the PDF's bytes, not by each page's rendering, costs nothing on a hit; rendering every
+page of a scanned book at each refresh would not).
 """
 
 from __future__ import annotations
@@ -13,12 +12,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import json
 import os
 import re
 import shutil
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from rag.formats import ConversionError, Converted, MissingExtra, TextBuilder
@@ -34,7 +35,7 @@ MAX_RENDER_PX = 10_000
 # A page Tesseract has not read in this long is given up (and its file skipped) rather than hang indexing.
 TIMEOUT_S = 600
 # Part of every cache key: bump it when what is cached changes (the rendering, the clean-up).
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 
 
 def _tesseract():
@@ -77,14 +78,40 @@ def languages_to_use(wanted: str = "") -> str:
     return "+".join(chosen)
 
 
-def read_image(image, languages: str) -> str:
-    """Tesseract's text for a PIL image, cleaned up (see `clean_ocr_text`)."""
+@dataclass(frozen=True)
+class OcrPage:
+    """What Tesseract read on one image: the cleaned text, and each word's box for highlighting."""
+
+    text: str
+    words: tuple[tuple[str, int, int, int, int], ...] = ()  # (word, left, top, right, bottom), pixels
+    size: tuple[int, int] = (0, 0)  # (width, height) of the image read, which the boxes are in
+
+
+def read_image(image, languages: str) -> OcrPage:
+    """Tesseract's words on a PIL image with their boxes, and their text cleaned up (`clean_ocr_text`).
+
+    The text is laid out as Tesseract's own text output is: words of a line joined by a space,
+    lines by a line break, paragraphs by a blank line.
+    """
     pytesseract = _tesseract()
     try:
-        text = pytesseract.image_to_string(image, lang=languages, timeout=TIMEOUT_S)
+        data = pytesseract.image_to_data(image, lang=languages, timeout=TIMEOUT_S, output_type=pytesseract.Output.DICT)
     except RuntimeError as exc:  # TesseractError (an image it cannot read), or the timeout
         raise ConversionError(f"OCR failed: {getattr(exc, 'message', '') or exc}") from exc
-    return clean_ocr_text(text)
+    parts: list[str] = []
+    words = []
+    previous = None
+    for i, word in enumerate(data["text"]):
+        if data["level"][i] != 5 or not word.strip():  # level 5: a word (the others are blocks, lines)
+            continue
+        line = (data["block_num"][i], data["par_num"][i], data["line_num"][i])
+        if previous is not None:
+            parts.append(" " if line == previous else "\n" if line[:2] == previous[:2] else "\n\n")
+        parts.append(word.strip())
+        previous = line
+        left, top = data["left"][i], data["top"][i]
+        words.append((word.strip(), left, top, left + data["width"][i], top + data["height"][i]))
+    return OcrPage(clean_ocr_text("".join(parts)), tuple(words), image.size)
 
 
 # --------------------------------------------------------------------------- cleaning up
@@ -129,16 +156,17 @@ def cache_key(content_hash: str, page: int, languages: str) -> str:
     return hashlib.sha256(f"{content_hash}:{page}:{languages}:{RENDER_SCALE}:{CACHE_VERSION}".encode()).hexdigest()
 
 
-def _cached(cache_dir: Path | None, key: str) -> str | None:
+def _cached(cache_dir: Path | None, key: str) -> OcrPage | None:
     if cache_dir is None:
         return None
     try:
-        return (cache_dir / "ocr" / f"{key}.txt").read_text(encoding="utf-8")
-    except (OSError, UnicodeError):
+        data = json.loads((cache_dir / "ocr" / f"{key}.json").read_text(encoding="utf-8"))
+        return OcrPage(data["text"], tuple(tuple(w) for w in data["words"]), tuple(data["size"]))
+    except (OSError, ValueError, KeyError, TypeError):  # absent, or damaged: read the page again
         return None
 
 
-def _store(cache_dir: Path | None, key: str, text: str) -> None:
+def _store(cache_dir: Path | None, key: str, page: OcrPage) -> None:
     """Write atomically (a temporary file, then a rename), so a reader never sees half a page."""
     if cache_dir is None:
         return
@@ -148,13 +176,21 @@ def _store(cache_dir: Path | None, key: str, text: str) -> None:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{key[:16]}-", suffix=".tmp")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            os.replace(tmp, folder / f"{key}.txt")
+                json.dump({"text": page.text, "words": page.words, "size": page.size}, fh, ensure_ascii=False)
+            os.replace(tmp, folder / f"{key}.json")
         except BaseException:
             os.unlink(tmp)
             raise
     except OSError as exc:  # a read-only or full cache costs time next run, never this file's text
         print(f"rag: warning: cannot cache OCR text in {folder}: {exc.strerror or exc}", file=sys.stderr)
+
+
+def cached_page(content_hash: str, page: int, languages: str, cache_dir: Path | None) -> OcrPage | None:
+    """What OCR read on `page` (0-based) of the file hashing to `content_hash`, if it is cached."""
+    try:
+        return _cached(cache_dir, cache_key(content_hash, page, languages_to_use(languages)))
+    except ConversionError:  # Tesseract or its languages are gone: nothing was read with them
+        return None
 
 
 def read_pages(
@@ -171,7 +207,7 @@ def read_pages(
     """
     languages = languages_to_use(languages)
     keys = {page: cache_key(content_hash, page, languages) for page in pages}
-    texts = {page: text for page in pages if (text := _cached(cache_dir, keys[page])) is not None}
+    texts = {page: found.text for page in pages if (found := _cached(cache_dir, keys[page])) is not None}
     todo = [page for page in pages if page not in texts]
     if not todo:
         return texts
@@ -179,8 +215,9 @@ def read_pages(
 
     with tqdm(total=len(todo), desc=f"OCR {name}".strip(), unit="page", file=sys.stderr, leave=False) as bar:
         for page in todo:
-            texts[page] = read_image(render(page), languages)
-            _store(cache_dir, keys[page], texts[page])
+            read = read_image(render(page), languages)
+            _store(cache_dir, keys[page], read)
+            texts[page] = read.text
             bar.update(1)
     return texts
 
