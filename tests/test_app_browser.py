@@ -193,6 +193,7 @@ def test_hostile_document_renders_inert(page):
 
 def test_a_cited_pdf_page_is_shown_as_an_image(page):
     page.click("text=New conversation")
+    _expect(page.locator('#chat [data-testid="bot"]')).to_have_count(0)  # cleared before asking
     ask(page, "How many ships did the lighthouse keeper count entering the harbour?")
     _expect(page.locator("#sources")).to_contain_text(PDF_ID)
     page.click("#open-doc")
