@@ -59,13 +59,13 @@ def languages_to_use(wanted: str = "") -> str:
     """The languages of `wanted` (joined by +) that Tesseract has, in that order.
 
     All of them at once, not chosen per page. Measured with bench/ocr.py on A4 pages at 300 dpi
-    (2 cores shared with other jobs, load 5-7, so each time is good to about 2x): all three
-    languages read a page in 3.8-7.7 s, with character accuracy 1.00 (English), 0.93 (Simplified),
-    0.96 (Traditional) and 0.98 (half English, half Chinese). Looking first adds a pass to every
-    page with Chinese on it: script detection (osd) then reading took 6.8-10.2 s, an English pass
-    then reading 11.8-16.5 s; and osd names one script per page, so it read the bilingual page in
-    English only (accuracy 0.74). Only all-English pages are faster in English alone (3.3-4.5 s
-    against 5.5-6.5 s), which `ocr_languages=eng` gives a corpus of English scans.
+    (2 cores shared with other jobs, load 3-7, so each time is good to about 2x; bench/RESULTS.md):
+    all three languages read a page in 3.3-7.7 s, with character accuracy 1.00 (English), 0.93
+    (Simplified), 0.96 (Traditional) and 0.98 (half English, half Chinese). Looking first adds a
+    pass to every page with Chinese on it: script detection (osd) then reading took 5.6-10.2 s, an
+    English pass then reading 6.5-16.5 s; and osd names one script per page, so it read the
+    bilingual page in English only (accuracy 0.74). Only all-English pages are faster in English
+    alone (2.2-4.5 s against 3.3-6.5 s), which `ocr_languages=eng` gives a corpus of English scans.
     """
     pytesseract = _tesseract()
     installed = _installed_languages(pytesseract.pytesseract.tesseract_cmd)
