@@ -44,7 +44,7 @@ def _tesseract():
     except ImportError:
         raise MissingExtra("OCR", "ocr") from None
     if shutil.which(pytesseract.pytesseract.tesseract_cmd) is None:
-        raise ConversionError(f"a scan with no text layer; {INSTALL_TESSERACT}")
+        raise ConversionError(f"needs OCR (a scanned page or an image); {INSTALL_TESSERACT}")
     return pytesseract
 
 
