@@ -10,6 +10,7 @@ and a short question that only happens to contain "it" is given context it did n
 
 from __future__ import annotations
 
+import base64
 import html
 import re
 from collections.abc import Iterator, Sequence
@@ -18,6 +19,7 @@ from pathlib import Path
 from rag.answer import Answer, Citation, lead_prefix
 from rag.documents import DocumentError, load_document
 from rag.indexing import Index
+from rag.preview import PagePreview
 
 # --------------------------------------------------------------------------- escaping
 
@@ -231,7 +233,9 @@ def document_choices(index: Index) -> list[tuple[str, str]]:
     return choices
 
 
-def document_text(index: Index, corpus_dir: Path, doc_id: str) -> str | None:
+def document_text(
+    index: Index, corpus_dir: Path, doc_id: str, ocr_languages: str = "", ocr_cache_dir: Path | None = None
+) -> str | None:
     """The full text of an indexed document, as indexed; None when `doc_id` is not indexed.
 
     Only ids in the index's manifest are opened, so a crafted id cannot reach other files.
@@ -242,7 +246,8 @@ def document_text(index: Index, corpus_dir: Path, doc_id: str) -> str | None:
     if meta is None:
         return None
     try:
-        document = load_document(corpus_dir / doc_id, doc_id)
+        # The OCR settings it was indexed with: its scanned pages are then read from the cache.
+        document = load_document(corpus_dir / doc_id, doc_id, ocr_languages=ocr_languages, ocr_cache_dir=ocr_cache_dir)
         if document.content_hash == meta.get("sha256"):
             return document.text
     except (OSError, DocumentError, UnicodeError):
@@ -263,6 +268,16 @@ def document_html(doc_id: str, title: str, text: str | None, spans: Sequence[tup
         f'<div class="doc-view"><div class="src-head"><span class="src-title">{heading}</span></div>'
         f'<div class="src-meta"><code class="doc-id">{escape_html(doc_id)}</code> · {len(text)} chars</div>'
         f'<div class="doc-text">{highlight(text, 0, spans)}</div></div>'
+    )
+
+
+def page_image_html(preview: PagePreview) -> str:
+    """A PDF page as an image under the document viewer, its quoted sentences highlighted (rag.preview)."""
+    data = base64.b64encode(preview.png).decode("ascii")  # our own PNG: base64 is inert in an attribute
+    label = f"Page {preview.page} · 第{preview.page}页"
+    return (
+        f'<details class="page-image" open><summary>{escape_html(label)}</summary>'
+        f'<img src="data:image/png;base64,{data}" alt="{escape_html(label)}"></details>'
     )
 
 

@@ -109,7 +109,7 @@ class Settings:
         factory=_default_cache_dir,
         flag="--cache-dir",
         env="RAG_CACHE_DIR",
-        help="where the bundled model is converted once (default: ~/.cache/rag)",
+        help="where the bundled model is converted once and OCR text is kept (default: ~/.cache/rag)",
     )
     # Chunk size in tokens of the embedding model; calibrated on eval/qa.jsonl.
     chunk_tokens: int = 160

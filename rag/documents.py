@@ -197,8 +197,17 @@ def title_of(text: str, own_title: str = "", file_name: str = "") -> str:
     return file_name
 
 
-def load_document(path: Path, doc_id: str, max_bytes: int = MAX_DOCUMENT_BYTES, ocr_languages: str = "") -> Document:
-    """Read one file of any supported kind (told by content, then extension) into a Document."""
+def load_document(
+    path: Path,
+    doc_id: str,
+    max_bytes: int = MAX_DOCUMENT_BYTES,
+    ocr_languages: str = "",
+    ocr_cache_dir: Path | None = None,
+) -> Document:
+    """Read one file of any supported kind (told by content, then extension) into a Document.
+
+    Scans and images are read by OCR in `ocr_languages`, cached in `ocr_cache_dir` (see rag.formats.ocr).
+    """
     # O_NONBLOCK: a named pipe with a document's name must not block the whole index.
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     with os.fdopen(fd, "rb") as fh:
@@ -217,7 +226,7 @@ def load_document(path: Path, doc_id: str, max_bytes: int = MAX_DOCUMENT_BYTES, 
             text = decode_bytes(raw).replace("\r\n", "\n").replace("\r", "\n")
             converted = formats.convert_text(kind, text)
         else:
-            converted = formats.convert_bytes(kind, raw, ocr_languages)
+            converted = formats.convert_bytes(kind, raw, ocr_languages, ocr_cache_dir=ocr_cache_dir, name=doc_id)
     except formats.ConversionError as exc:
         raise DocumentError(str(exc)) from exc
     if not converted.text.strip():
@@ -268,7 +277,7 @@ def iter_document_paths(corpus_dir: Path) -> Iterator[tuple[str, Path]]:
 
 
 def load_corpus(
-    corpus_dir: Path, max_bytes: int = MAX_DOCUMENT_BYTES, ocr_languages: str = ""
+    corpus_dir: Path, max_bytes: int = MAX_DOCUMENT_BYTES, ocr_languages: str = "", ocr_cache_dir: Path | None = None
 ) -> tuple[list[Document], list[LoadError]]:
     """Every readable document under `corpus_dir`, and a reason for each one skipped."""
     if not corpus_dir.is_dir():
@@ -279,7 +288,7 @@ def load_corpus(
     errors: list[LoadError] = []
     for doc_id, path in iter_document_paths(corpus_dir):
         try:
-            documents.append(load_document(path, doc_id, max_bytes, ocr_languages))
+            documents.append(load_document(path, doc_id, max_bytes, ocr_languages, ocr_cache_dir))
         except (OSError, DocumentError, UnicodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             errors.append(LoadError(doc_id, reason or type(exc).__name__))

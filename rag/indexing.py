@@ -485,7 +485,7 @@ def refresh_index(
     started = time.perf_counter()
     report = RefreshReport()
     documents, report.skipped = load_corpus(
-        settings.corpus_dir, int(settings.max_document_mb * 2**20), settings.ocr_languages
+        settings.corpus_dir, int(settings.max_document_mb * 2**20), settings.ocr_languages, settings.cache_dir
     )
     with index_lock(settings.index_dir):
         old_manifest = read_manifest(settings.index_dir)

@@ -35,6 +35,7 @@ from rag.chat import (
     escape_markdown,
     format_answer,
     index_html,
+    page_image_html,
     quoted_spans,
     sources_html,
     stream_answer,
@@ -44,6 +45,7 @@ from rag.config import Settings
 from rag.history import History, NotFound
 from rag.history import default_path as history_path
 from rag.indexing import IndexError_, read_manifest
+from rag.preview import page_preview
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -84,6 +86,7 @@ code.doc-id { font-size: .85em; }
 .src-text, .doc-text { white-space: pre-line; line-height: 1.5; }
 .doc-text { position: relative; max-height: 420px; overflow-y: auto; border-top: 1px solid #e2e8f0; padding-top: .4em; }
 .sources mark, .doc-view mark { background: #fde68a; padding: 0 .1em; border-radius: .2em; }
+.page-image img { max-width: 100%; border: 1px solid #e2e8f0; margin-top: .4em; }
 .index-info table { width: 100%; border-collapse: collapse; border: none; }
 .index-info td, .index-info th { border: none; border-bottom: 1px solid #e2e8f0; padding: .3em .5em; text-align: left; }
 .index-info td.num { text-align: right; }
@@ -310,10 +313,21 @@ def build_app(library: Library, history: History, collection: str = DEFAULT) -> 
             assistant = library.assistant(name, _user(request))
         except (CollectionError, IndexError_, FileNotFoundError) as exc:
             return _hint(str(exc))
-        index = assistant.index
-        text = document_text(index, assistant.settings.corpus_dir, doc_id)
+        index, settings = assistant.index, assistant.settings
+        text = document_text(index, settings.corpus_dir, doc_id, settings.ocr_languages, settings.cache_dir)
         title = index.documents.get(doc_id, {}).get("title", doc_id)
-        return document_html(doc_id, title, text, [tuple(s) for s in spans.get(doc_id, [])])
+        quoted = [tuple(s) for s in spans.get(doc_id, [])]
+        # A PDF's quoted page as an image too, the quote highlighted on it.
+        preview = text and page_preview(
+            index.documents,
+            settings.corpus_dir,
+            doc_id,
+            text,
+            quoted,
+            ocr_languages=settings.ocr_languages,
+            ocr_cache_dir=settings.cache_dir,
+        )
+        return document_html(doc_id, title, text, quoted) + (page_image_html(preview) if preview else "")
 
     def show_index(name: str, request: gr.Request):
         try:

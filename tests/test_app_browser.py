@@ -1,11 +1,11 @@
 """End to end: the web chat in headless Debian Chromium, driven by Playwright.
 
-Starts `python app.py` on a free loopback port over a copy of the bundled corpus plus one
+Starts `python app.py` on a free loopback port over a copy of the bundled corpus plus a PDF and one
 hostile document, asks in Chinese and English, follows up, checks that the hostile markup
-stays inert, and refreshes the index; then the input hints, the trash icon, 👎 feedback and its
-export, a reload that finds the conversation, and switching to a second collection. The tests
-share one page and run in file order. A second server with a users file checks that two users
-each see only their own conversations and the collections they are allowed.
+stays inert, shows a cited PDF page as an image, and refreshes the index; then the input hints,
+the trash icon, 👎 feedback and its export, a reload that finds the conversation, and switching to
+a second collection. The tests share one page and run in file order. A second server with a users
+file checks that two users each see only their own conversations and the collections they are allowed.
 Needs /usr/bin/chromium (`apt-get install chromium`) and the playwright package; it never
 downloads a browser. The screenshot goes to docs/screenshot.png.
 """
@@ -56,6 +56,7 @@ The zebra lantern link check [click me](javascript:window.__pwned=1) ends here.
 The zebra lantern template check ${window.__pwned=1} {{constructor.constructor('window.__pwned=1')()}} ends here.
 """
 HOSTILE_ID = "zz_hostile.txt"
+PDF_ID = "zz_harbour.pdf"  # tests/test_preview.py's two pages; the answer is on page 2
 
 
 def _free_port() -> int:
@@ -83,6 +84,9 @@ def corpus(tmp_path_factory) -> Path:
     corpus = tmp_path_factory.mktemp("web") / "corpus"
     shutil.copytree(ROOT / "corpus", corpus)
     (corpus / HOSTILE_ID).write_text(HOSTILE_DOC, encoding="utf-8")
+    from test_preview import two_page_pdf
+
+    (corpus / PDF_ID).write_bytes(two_page_pdf())
     return corpus
 
 
@@ -221,6 +225,19 @@ def test_hostile_document_renders_inert(page):
     injected = "#chat script, #chat img, #sources script, #sources img, #document script, #document img"
     assert page.locator(injected).count() == 0
     assert page.locator('a[href^="javascript:"]').count() == 0
+
+
+def test_a_cited_pdf_page_is_shown_as_an_image(page):
+    page.click("text=New conversation")
+    _expect(page.locator('#chat [data-testid="bot"]')).to_have_count(0)  # cleared before asking
+    ask(page, "How many ships did the lighthouse keeper count entering the harbour?")
+    _expect(page.locator("#sources")).to_contain_text(PDF_ID)
+    page.click("#open-doc")
+    _expect(page.locator("#document mark")).to_contain_text(["412 ships"])
+    _expect(page.locator("#document .page-image summary")).to_contain_text("Page 2")
+    image = page.locator("#document .page-image img")
+    _expect(image).to_have_count(1)
+    assert image.evaluate("img => img.complete && img.naturalWidth") > 0  # the PNG decoded
 
 
 def test_refresh_index_picks_up_a_new_document(page, corpus: Path):

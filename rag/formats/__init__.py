@@ -17,6 +17,7 @@ import io
 import re
 import zipfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 Page = int | str  # a 1-based page or slide number, or a sheet's name
 
@@ -198,12 +199,18 @@ def supported_list() -> str:
 # --------------------------------------------------------------------------- converting
 
 
-def convert_bytes(kind: str, raw: bytes, ocr_languages: str = "") -> Converted:
-    """Convert a binary format (`kind` not in TEXT_KINDS)."""
+def convert_bytes(
+    kind: str, raw: bytes, ocr_languages: str = "", *, ocr_cache_dir: Path | None = None, name: str = ""
+) -> Converted:
+    """Convert a binary format (`kind` not in TEXT_KINDS).
+
+    Scanned pages and images are read by OCR in `ocr_languages`, their text kept in `ocr_cache_dir`
+    (None: not kept); `name` names the file in OCR's progress bar.
+    """
     if kind == "pdf":
         from rag.formats.pdf import convert_pdf
 
-        return convert_pdf(raw, ocr_languages)
+        return convert_pdf(raw, ocr_languages, ocr_cache_dir=ocr_cache_dir, name=name)
     if kind in ("docx", "pptx", "xlsx"):
         from rag.formats import office
 
@@ -215,7 +222,7 @@ def convert_bytes(kind: str, raw: bytes, ocr_languages: str = "") -> Converted:
     if kind == "image":
         from rag.formats.ocr import convert_image
 
-        return convert_image(raw, ocr_languages)
+        return convert_image(raw, ocr_languages, ocr_cache_dir, name)
     raise ValueError(f"{kind} is not a binary format")
 
 

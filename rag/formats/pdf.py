@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rag.formats import ConversionError, Converted, MissingExtra, TextBuilder
 
 # A page with fewer characters than this in its text layer (a page number, a stray mark) and with
@@ -9,7 +11,7 @@ from rag.formats import ConversionError, Converted, MissingExtra, TextBuilder
 SCANNED_PAGE_CHARS = 16
 
 
-def convert_pdf(raw: bytes, ocr_languages: str = "") -> Converted:
+def convert_pdf(raw: bytes, ocr_languages: str = "", *, ocr_cache_dir: Path | None = None, name: str = "") -> Converted:
     try:
         import pypdfium2 as pdfium
     except ImportError:
@@ -35,7 +37,7 @@ def convert_pdf(raw: bytes, ocr_languages: str = "") -> Converted:
         if scanned:
             from rag.formats.ocr import ocr_pdf_pages
 
-            texts.update(ocr_pdf_pages(pdf, scanned, ocr_languages))
+            texts.update(ocr_pdf_pages(pdf, raw, scanned, ocr_languages, ocr_cache_dir, name))
         for number in range(len(pdf)):
             if number in bookmarks:
                 builder.section(bookmarks[number])
