@@ -128,6 +128,7 @@ def test_the_document_viewer_shows_a_cited_pdf_page_as_an_image(tmp_path: Path):
     from types import SimpleNamespace
 
     from rag import web
+    from rag.history import History
 
     (tmp_path / "harbour.pdf").write_bytes(two_page_pdf())
     (tmp_path / "note.txt").write_text("The pier was repaired.\n", encoding="utf-8")
@@ -141,8 +142,13 @@ def test_the_document_viewer_shows_a_cited_pdf_page_as_an_image(tmp_path: Path):
         index=SimpleNamespace(documents=documents, chunks=[]),
         settings=SimpleNamespace(corpus_dir=tmp_path, ocr_languages="", cache_dir=None),
     )
-    demo = web.build_app(assistant)
-    open_document = next(f.fn for f in demo.fns.values() if f.name == "open_document")
+    library = SimpleNamespace(assistant=lambda name, user: assistant)  # one collection, no login
+    demo = web.build_app(library, History(tmp_path / "chat.sqlite3"))
+    handler = next(f.fn for f in demo.fns.values() if f.name == "open_document")
+
+    def open_document(doc_id, spans):
+        return handler(doc_id, spans, "default", None)
+
     spans = {"harbour.pdf": [[start, start + len(PAGE_2[QUOTED])]], "note.txt": [[0, 10]]}
     viewer = open_document("harbour.pdf", spans)
     assert "<mark>The lighthouse keeper counted 412 ships" in viewer
