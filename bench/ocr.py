@@ -123,7 +123,7 @@ def pipeline(languages: list[str]) -> int:
             cache = Path(tmp) / f"cache-{lang}"
             for run in ("first", "cached"):
                 started = time.perf_counter()
-                load_document(path, "scan.pdf", ocr_languages=lang, ocr_cache_dir=cache)
+                load_document(path, "scan.pdf", ocr_languages=lang, cache_dir=cache)
                 seconds = time.perf_counter() - started
                 figures[f"{lang} {run}"] = {"s": round(seconds, 2), "pages_per_s": round(len(PAGES) / seconds, 3)}
                 rows.append(

@@ -247,7 +247,7 @@ def document_text(
         return None
     try:
         # The OCR settings it was indexed with: its scanned pages are then read from the cache.
-        document = load_document(corpus_dir / doc_id, doc_id, ocr_languages=ocr_languages, ocr_cache_dir=ocr_cache_dir)
+        document = load_document(corpus_dir / doc_id, doc_id, ocr_languages=ocr_languages, cache_dir=ocr_cache_dir)
         if document.content_hash == meta.get("sha256"):
             return document.text
     except (OSError, DocumentError, UnicodeError):

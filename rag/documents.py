@@ -25,6 +25,7 @@ from pathlib import Path
 
 from rag import formats
 from rag.formats import Page
+from rag.formats import cache as conversion_cache
 
 # Larger files are skipped with a reason (settings.max_document_mb, RAG_MAX_DOCUMENT_MB): indexing
 # one holds its text, chunks and vectors at once, ~28x the file at the peak (bench/RESULTS.md).
@@ -197,16 +198,22 @@ def title_of(text: str, own_title: str = "", file_name: str = "") -> str:
     return file_name
 
 
+# Kinds whose conversion costs more than reading the cache (a PDF: ~5 ms a page; a web page
+# through trafilatura: ~0.1-0.3 s); text, Markdown and CSV convert faster than JSON loads.
+_CACHED_KINDS = frozenset(("pdf", "docx", "pptx", "xlsx", "epub", "image", "html"))
+
+
 def load_document(
     path: Path,
     doc_id: str,
     max_bytes: int = MAX_DOCUMENT_BYTES,
     ocr_languages: str = "",
-    ocr_cache_dir: Path | None = None,
+    cache_dir: Path | None = None,
 ) -> Document:
     """Read one file of any supported kind (told by content, then extension) into a Document.
 
-    Scans and images are read by OCR in `ocr_languages`, cached in `ocr_cache_dir` (see rag.formats.ocr).
+    Scans and images are read by OCR in `ocr_languages`. With a `cache_dir`, OCR'd pages (see
+    rag.formats.ocr) and whole conversions of the costly kinds (rag.formats.cache) are kept there.
     """
     # O_NONBLOCK: a named pipe with a document's name must not block the whole index.
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
@@ -220,13 +227,19 @@ def load_document(
                 "split it, or raise RAG_MAX_DOCUMENT_MB"
             )
         raw = fh.read(max_bytes + 1)
+    sha256 = hashlib.sha256(raw).hexdigest()
     try:
         kind = formats.kind_of(raw, path.suffix)
-        if kind in formats.TEXT_KINDS:
-            text = decode_bytes(raw).replace("\r\n", "\n").replace("\r", "\n")
-            converted = formats.convert_text(kind, text)
-        else:
-            converted = formats.convert_bytes(kind, raw, ocr_languages, ocr_cache_dir=ocr_cache_dir, name=doc_id)
+        cached = kind in _CACHED_KINDS and cache_dir is not None
+        converted = conversion_cache.load(cache_dir, kind, sha256, ocr_languages) if cached else None
+        if converted is None:
+            if kind in formats.TEXT_KINDS:
+                text = decode_bytes(raw).replace("\r\n", "\n").replace("\r", "\n")
+                converted = formats.convert_text(kind, text)
+            else:
+                converted = formats.convert_bytes(kind, raw, ocr_languages, ocr_cache_dir=cache_dir, name=doc_id)
+            if cached:
+                conversion_cache.store(cache_dir, kind, sha256, ocr_languages, converted)
     except formats.ConversionError as exc:
         raise DocumentError(str(exc)) from exc
     if not converted.text.strip():
@@ -235,7 +248,7 @@ def load_document(
         doc_id=doc_id,
         title=title_of(converted.text, converted.title, path.name),
         text=converted.text,
-        content_hash=hashlib.sha256(raw).hexdigest(),
+        content_hash=sha256,
         stamp=(st.st_size, st.st_mtime_ns),
         kind=kind,
         pages=converted.pages,
@@ -277,7 +290,7 @@ def iter_document_paths(corpus_dir: Path) -> Iterator[tuple[str, Path]]:
 
 
 def load_corpus(
-    corpus_dir: Path, max_bytes: int = MAX_DOCUMENT_BYTES, ocr_languages: str = "", ocr_cache_dir: Path | None = None
+    corpus_dir: Path, max_bytes: int = MAX_DOCUMENT_BYTES, ocr_languages: str = "", cache_dir: Path | None = None
 ) -> tuple[list[Document], list[LoadError]]:
     """Every readable document under `corpus_dir`, and a reason for each one skipped."""
     if not corpus_dir.is_dir():
@@ -288,7 +301,7 @@ def load_corpus(
     errors: list[LoadError] = []
     for doc_id, path in iter_document_paths(corpus_dir):
         try:
-            documents.append(load_document(path, doc_id, max_bytes, ocr_languages, ocr_cache_dir))
+            documents.append(load_document(path, doc_id, max_bytes, ocr_languages, cache_dir))
         except (OSError, DocumentError, UnicodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             errors.append(LoadError(doc_id, reason or type(exc).__name__))

@@ -389,3 +389,24 @@ def test_a_question_about_each_kind_cites_its_page_and_section(
         assert first.title == title
     data = answer.to_json()["citations"][0]
     assert ("page" in data) == (page is not None) and data.get("page") == page
+
+
+def test_an_unchanged_pdf_is_not_converted_again_when_another_file_changes(settings, embedder, tmp_path, monkeypatch):
+    import rag.formats.pdf as pdf_module
+    from rag.indexing import refresh_index
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "report.pdf").write_bytes(make_pdf(PDF_PAGES))
+    (folder / "notes.txt").write_text("The first version of the notes.", encoding="utf-8")
+    calls = []
+    real = pdf_module.convert_pdf
+    monkeypatch.setattr(pdf_module, "convert_pdf", lambda *a, **k: calls.append(1) or real(*a, **k))
+    settings = settings.with_(corpus_dir=folder, index_dir=tmp_path / "idx")
+    refresh_index(settings, embedder)
+    (folder / "notes.txt").write_text("The second version of the notes.", encoding="utf-8")
+    report = refresh_index(settings, embedder)
+    assert report.updated == ["notes.txt"] and "report.pdf" in report.unchanged
+    assert len(calls) == 1  # read once, on the first refresh; the second took it from the cache
+    (folder / "report.pdf").write_bytes(make_pdf([*PDF_PAGES, "A fourth page."]))
+    assert refresh_index(settings, embedder).updated == ["report.pdf"] and len(calls) == 2

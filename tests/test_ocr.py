@@ -99,7 +99,7 @@ def test_english_words_and_a_paragraph_break_survive_clean_up():
 def test_a_png_is_read_by_ocr_in_english_and_chinese(tmp_path: Path):
     path = tmp_path / "note.png"
     path.write_bytes(png_bytes(scan_image(SCANNED_LINES[1:3] + SCANNED_LINES[4:5])))
-    document = load_document(path, "note.png", ocr_cache_dir=tmp_path / "cache")
+    document = load_document(path, "note.png", cache_dir=tmp_path / "cache")
     assert document.kind == "image"
     assert "The northern pier was repaired in May after the storm." in document.text
     assert "港口在五月修复了北码头。" in document.text  # no spaces between the characters
@@ -134,7 +134,7 @@ def test_a_scanned_pdf_page_is_indexed_and_cited_by_page(tmp_path: Path, monkeyp
 
     # The page image highlights the quoted line, from the boxes of the words OCR read.
     documents = read_manifest(tmp_path / "index")["documents"]
-    text = load_document(corpus / "harbour.pdf", "harbour.pdf", ocr_cache_dir=tmp_path / "c").text
+    text = load_document(corpus / "harbour.pdf", "harbour.pdf", cache_dir=tmp_path / "c").text
     preview = page_preview(documents, corpus, "harbour.pdf", text, spans, ocr_cache_dir=tmp_path / "c")
     assert preview is not None and preview.page == 2 and preview.highlighted == 1
     rows = changed_rows(render_page(scanned_pdf(), 2).png, preview.png)
