@@ -313,8 +313,10 @@ def test_a_reload_finds_the_conversation(page):
     _expect(page.locator("#conversations")).to_contain_text("第二届长三角一体化发展高层论坛")
     _expect(page.locator('#chat [data-testid="bot"]').last).to_contain_text("585")  # the latest, reopened
     _expect(page.locator('#chat button[aria-label="Disliked"]')).to_have_count(1)  # with its 👎
-    # An older one: the zebra question, then (before the trash icon) the chairman's.
+    # Older ones: the zebra question alone; the PDF question, then (before the trash icon) the chairman's.
     page.locator("#conversations label", has_text="What is the zebra lantern protocol?").click()
+    _expect(page.locator('#chat [data-testid="bot"]')).to_have_count(1)
+    page.locator("#conversations label", has_text="How many ships did the lighthouse keeper").click()
     _expect(page.locator('#chat [data-testid="bot"]')).to_have_count(2)
     _expect(page.locator('#chat [data-testid="bot"]').last).to_contain_text("Wang Licheng")
 
