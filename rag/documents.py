@@ -1,7 +1,8 @@
 """Documents: load .txt, .md and .html files from a folder, decoding what real folders hold.
 
 Text is kept as found (only line endings unified) so that chunk offsets index the text a user
-sees; search-side normalisation (NFKC, whitespace) happens per chunk in `normalize`. A file
+sees; search-side normalisation (NFKC, whitespace, Traditional Chinese written as Simplified)
+happens per chunk in `normalize`. A file
 that cannot be read or decoded is reported by name and skipped; it never stops the rest (nor
 does a named pipe with a document's name: only regular files are read).
 Trade-off: encodings are detected first from BOMs, byte patterns and strict trial decodes: UTF-16
@@ -14,6 +15,7 @@ English with a few GBK characters for Big5), so it never overrides a decode the 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -62,8 +64,30 @@ _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 
 
 def normalize(text: str) -> str:
-    """NFKC and collapsed whitespace: the form search and comparison work on."""
+    """NFKC, collapsed whitespace and Simplified Chinese: the form search and comparison work on.
+
+    Traditional characters become Simplified (OpenCC's t2s, phrase-aware) so that a question in
+    either script meets a passage in the other, in BM25 terms, embeddings and the judge's features
+    alike; the text shown and quoted stays as written.
+    """
+    text = as_written(text)
+    return _simplified(text) if _CJK.search(text) else text
+
+
+def as_written(text: str) -> str:
+    """NFKC and collapsed whitespace, in the document's own script: where values shown to users come from."""
     return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip()
+
+
+@functools.cache
+def _traditional_to_simplified():
+    import opencc
+
+    return opencc.OpenCC("t2s")
+
+
+def _simplified(text: str) -> str:
+    return _traditional_to_simplified().convert(text)
 
 
 def is_chinese(text: str) -> bool:
