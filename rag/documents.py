@@ -2,9 +2,9 @@
 
 Text is kept as found (only line endings unified) so that chunk offsets index the text a user
 sees; search-side normalisation (NFKC, whitespace, Traditional Chinese written as Simplified)
-happens per chunk in `normalize`. A file
-that cannot be read or decoded is reported by name and skipped; it never stops the rest (nor
-does a named pipe with a document's name: only regular files are read).
+happens per chunk in `normalize`. A file that cannot be read or decoded is reported by name and
+skipped; it never stops the rest (nor does a named pipe with a document's name: only regular
+files are read).
 Trade-off: encodings are detected first from BOMs, byte patterns and strict trial decodes: UTF-16
 without a BOM by where its NUL bytes fall; text that is not UTF-8 is read as cp1252/Latin-1 when
 its non-ASCII bytes mostly stand alone (accented letters), else as GB18030 (Chinese). Only what
@@ -75,8 +75,18 @@ def normalize(text: str) -> str:
 
 
 def as_written(text: str) -> str:
-    """NFKC and collapsed whitespace, in the document's own script: where values shown to users come from."""
-    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip()
+    """NFKC and collapsed whitespace, in the document's own script: where values shown to users come from.
+
+    A single line break between two Chinese characters is a wrap inside a word or sentence, which
+    Chinese writes without a space: it is dropped, not made a space that would split the word.
+    """
+    text = unicodedata.normalize("NFKC", text)
+    if "\n" in text:
+        text = _CJK_WRAP.sub("", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+_CJK_WRAP = re.compile(r"(?<=[\u3400-\u9fff\uf900-\ufaff])[^\S\n]*\n[^\S\n]*(?=[\u3400-\u9fff\uf900-\ufaff])")
 
 
 @functools.cache

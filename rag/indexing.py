@@ -42,8 +42,8 @@ from rag.store import VectorStore, choose_index_type
 FORMAT_VERSION = 3
 # How text becomes chunks and search terms; an index made another way is rebuilt on refresh, since
 # its stored chunks and vectors would not match a question's. 1: Traditional Chinese searched as
-# Simplified (rag.documents.normalize).
-TEXT_VERSION = 1
+# Simplified (rag.documents.normalize); 2: sentences by Blingfire, hard-wrapped lines joined.
+TEXT_VERSION = 2
 _FILES = ("manifest.json", "chunks.jsonl", "chunks.faiss", "sentences.faiss", *BM25.FILES)
 
 
