@@ -1,6 +1,7 @@
 """The chat's answer handler, driven directly with a stand-in assistant (no server, no browser)."""
 
 import copy
+import time
 from types import SimpleNamespace
 
 from rag import web
@@ -81,14 +82,22 @@ class LaunchRecorder:
 
     launched = False
 
+    def __init__(self, library=None) -> None:
+        self.library = library
+
     def queue(self, **kwargs):
         return self
 
     def launch(self, **kwargs):
         LaunchRecorder.launched = True
+        assert kwargs["max_file_size"] == 32 * 2**20 and kwargs["enable_monitoring"] is False
 
     def block_thread(self):
-        pass  # app.main serves until interrupted; the recorder returns at once
+        # app.main serves until interrupted; the recorder returns once the index is ready.
+        deadline = time.monotonic() + 30
+        while self.library is not None and self.library.status("default") is not None:
+            assert time.monotonic() < deadline, "the index was never ready"
+            time.sleep(0.01)
 
 
 def test_the_app_serves_an_existing_index_with_a_warning_when_the_corpus_folder_is_missing(
@@ -98,7 +107,7 @@ def test_the_app_serves_an_existing_index_with_a_warning_when_the_corpus_folder_
 
     Assistant(settings, embedder).refresh()
     monkeypatch.setattr("rag.assistant.load_embedder", lambda name, cache_dir: embedder)
-    monkeypatch.setattr(web, "build_app", lambda *args: LaunchRecorder())
+    monkeypatch.setattr(web, "build_app", lambda library, *args: LaunchRecorder(library))
     monkeypatch.setenv("RAG_INDEX_DIR", str(settings.index_dir))
     for corpus in (tmp_path / "unmounted", tmp_path / "empty"):
         if corpus.name == "empty":
