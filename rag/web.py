@@ -188,7 +188,10 @@ def _hint(text: str) -> str:
 def _upload_report(stored: list[str], refused: list[tuple[str, str]], report) -> str:
     """What happened to each dropped file, and what the refresh then skipped, with reasons."""
     items = [f'<li class="stored">✓ {escape_html(name)}</li>' for name in stored]
-    items += [f'<li class="refused">✗ {escape_html(name)}: {escape_html(why)}</li>' for name, why in refused]
+    items += [
+        f'<li class="refused">✗ {escape_html(name)}: {escape_html(why.removeprefix(name + ": "))}</li>'
+        for name, why in refused
+    ]
     items += [
         f'<li class="refused">✗ {escape_html(e.doc_id)} was stored but not indexed: {escape_html(e.reason)}</li>'
         for e in (report.skipped if report is not None else [])
@@ -507,8 +510,8 @@ def build_app(library: Library, history: History, collection: str = DEFAULT) -> 
         panel, doc_picker = show_index(name, request)
         if failed:
             text = f"The index could not be built: {failed}"
-            return f'<p class="failed" role="alert">{escape_html(text)}</p>', gr.Timer(active=False), panel, keep, keep
-        return "", gr.Timer(active=False), panel, doc_picker, doc_picker
+            return f'<p class="failed" role="alert">{escape_html(text)}</p>', gr.update(active=False), panel, keep, keep
+        return "", gr.update(active=False), panel, doc_picker, doc_picker
 
     # analytics_enabled=False: offline means no telemetry and no version check against PyPI.
     with gr.Blocks(title="Ask your documents · 问你的文档", analytics_enabled=False) as demo:
