@@ -7,7 +7,8 @@ An extractive answer is shown whole as soon as it is found; an LLM's reply strea
 as the server sends it. rag.upload stores files dropped on the page, and on first start the page
 is served at once while the index builds (rag.collection.Library.prepare). Trade-off: a question
 sent while an answer streams waits for it (Gradio's "always_last"), and only the latest one
-waits. Gradio is imported only when a page is built: importing this module stays cheap for `rag --help` and the tests that drive the handlers.
+waits. Gradio is imported only when a page is built: importing this module stays cheap for
+`rag --help` and the tests that drive the handlers.
 No `from __future__ import annotations` here: Gradio finds the `gr.Request` it passes to a
 handler by the handler's evaluated annotations, and `gr` is imported inside build_app.
 
@@ -67,8 +68,8 @@ watch('value', () => {
 });
 """
 CSS = """
-.cite { display: inline-block; padding: 0 .3em; border-radius: .35em; font-size: .8em; font-weight: 600;
-        background: #ccfbf1; color: #115e59; font-variant-numeric: tabular-nums; }
+.cite { display: inline-block; line-height: 1.3; padding: 0 .3em; border-radius: .35em; font-size: .8em;
+        font-weight: 600; background: #ccfbf1; color: #115e59; font-variant-numeric: tabular-nums; }
 .cite-list { font-size: .85em; color: #475569; }
 code.doc-id { font-size: .85em; }
 .sources, .doc-view, .index-info { font-size: .92em; }
@@ -95,11 +96,11 @@ sup.cite { cursor: pointer; }
 @media (max-width: 720px) {
   #main-row { flex-direction: column; }
   #chat-column, #sources-column { display: contents; }
-  #chat { order: 1; }
-  #sources { order: 2; }
-  #hint { order: 3; }
-  #comment-row, #ask-row { order: 4; }
   #chat-column > *, #sources-column > * { order: 5; }
+  #main-row #chat { order: 1; }
+  #main-row #sources { order: 2; }
+  #main-row #hint { order: 3; }
+  #main-row #comment-row, #main-row #ask-row { order: 4; }
   #chat, #sources, #hint, #comment-row, #ask-row, #examples { width: 100%; }
 }
 .sources mark, .doc-view mark { background: #fde68a; padding: 0 .1em; border-radius: .2em; }
@@ -117,10 +118,11 @@ sup.cite { cursor: pointer; }
 PAGE_JS = r"""
 () => {
   const number = (el) => (el.textContent || '').replace(/[^0-9]/g, '');
-  const messageOf = (el) => {
-    const row = el.closest('.message-row, .message-wrap > div, [class*="message-row"]');
-    const bot = row && row.querySelector('[data-testid="bot"]');
-    return bot || (row && row.querySelector('.message-content'));
+  const messageOf = (button) => {
+    // Gradio puts a message's buttons in a sibling after its row: the row just before them.
+    let row = button.closest('[class*="message-buttons"]');
+    while (row && !row.matches('.message-row')) row = row.previousElementSibling;
+    return row && row.querySelector('.message-content');
   };
   window.ragCopied = null;
   document.addEventListener('click', (event) => {
@@ -151,12 +153,12 @@ PAGE_JS = r"""
     }
   }, true);
   const plainLabels = () => {
-    for (const el of document.querySelectorAll('#chat [aria-label*="message: "]')) {
-      const label = el.getAttribute('aria-label');
-      if (/[<>]|&#?\w+;/.test(label)) {
-        const prefix = label.slice(0, label.indexOf('message: ') + 9);
-        el.setAttribute('aria-label', prefix + el.innerText.replace(/\s+/g, ' ').trim());
-      }
+    for (const el of document.querySelectorAll('#chat [data-testid="bot"], #chat [data-testid="user"]')) {
+      const label = el.getAttribute('aria-label') || '';
+      const at = label.indexOf('message: ');
+      const text = (el.textContent || '').replace(/\s+/g, ' ').trim();
+      const plain = label.slice(0, at + 9) + text;
+      if (at >= 0 && text && label !== plain) el.setAttribute('aria-label', plain);
     }
   };
   new MutationObserver(plainLabels).observe(document.body, {subtree: true, childList: true, attributes: true,
@@ -665,7 +667,9 @@ def build_app(library: Library, history: History, collection: str = DEFAULT) -> 
             concurrency_limit=1,
             concurrency_id="refresh",
         )
-        startup_timer.tick(startup_status, picker_collection, [startup, startup_timer, *documents])
+        startup_timer.tick(
+            startup_status, picker_collection, [startup, startup_timer, *documents], show_progress="hidden"
+        )
         demo.load(load_page, None, [picker_collection, *opened, conversations, index_panel, picker])
     return demo
 
