@@ -93,7 +93,8 @@ def user(url: str, questions: list[str], offset: int, until: float, out: dict, l
             break
         started = time.monotonic()
         try:
-            result = client.predict(question, [], [], api_name="/respond")
+            # The API's inputs leave out gr.State: the question, the chat so far, the collection.
+            result = client.predict(question, [], COLLECTION, api_name="/respond")
             chat = result[1]
             if not chat or chat[-1]["role"] != "assistant" or chat[-1]["content"] in ("", "…"):
                 raise RuntimeError(f"no answer in the reply: {str(result)[:200]}")
@@ -129,7 +130,7 @@ def uploader(url: str, work: Path, until: float, out: dict, lock: threading.Lock
             out["refresh_s"].append(time.monotonic() - started)
             asked = time.monotonic()
             question = f"How many ships did the harbour master of Port {port} count?"
-            chat = client.predict(question, [], [], api_name="/respond")[1]
+            chat = client.predict(question, [], COLLECTION, api_name="/respond")[1]
             if f"{100 + n}" not in str(chat[-1]["content"]):
                 raise RuntimeError(f"the uploaded document was not used: {str(chat[-1])[:200]}")
             with lock:
@@ -148,8 +149,8 @@ def wait_until_answering(url: str, app: subprocess.Popen, limit_s: float) -> Non
     while time.monotonic() < deadline:
         if app.poll() is not None:
             raise RuntimeError(f"the app exited with {app.returncode}")
-        result = client.predict("ready?", [], [], api_name="/respond")
-        if not result[6]:  # no hint: answered
+        result = client.predict("ready?", [], COLLECTION, api_name="/respond")
+        if not result[4]:  # no hint (the outputs leave out gr.State): answered
             return
         time.sleep(1.0)
     raise RuntimeError(f"the app did not answer within {limit_s:.0f} s")

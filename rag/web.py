@@ -523,8 +523,14 @@ def build_app(library: Library, history: History, collection: str = DEFAULT) -> 
         message_ids = gr.State([])  # the saved id of each answer in the chat, for 👍/👎
         rated = gr.State(None)  # the answer the comment box is about
         with gr.Sidebar(label="Conversations", elem_id="sidebar"):
+            # Custom values: the page lists only the collections a user may see (load_page), so an API
+            # client never got the others as choices; every handler checks access by name anyway.
             picker_collection = gr.Dropdown(
-                choices=[collection], value=collection, label="Collection · 文档集", elem_id="collection"
+                choices=[collection],
+                value=collection,
+                label="Collection · 文档集",
+                elem_id="collection",
+                allow_custom_value=True,
             )
             new_chat = gr.Button("New conversation · 新对话", size="sm", variant="secondary", elem_id="new-chat")
             conversations = gr.Radio(choices=[], label="Conversations · 对话", elem_id="conversations")
