@@ -167,6 +167,21 @@ PAGE_JS = r"""
 """
 
 
+# Run in the page as a question is sent, before it goes to the server: empties the box at once, so
+# nothing typed after pressing Enter is lost to a late "clear" from the server. Gradio runs it when
+# the event runs, so a question deferred behind the current answer is read from the box first.
+CLEAR_ON_SEND = """
+(...args) => {
+  const box = document.querySelector('#question textarea');
+  if (box && box.value) {
+    box.value = '';
+    box.dispatchEvent(new Event('input', {bubbles: true}));
+  }
+  return args;
+}
+"""
+
+
 def launch_options(settings: Settings) -> dict:
     """Gradio's launch settings that keep the app safe to serve.
 
@@ -238,8 +253,9 @@ def build_app(library: Library, history: History, collection: str = DEFAULT) -> 
         """
         user = _user(request)
 
-        def refuse(text: str, restore: str | None = None):
-            return (restore if restore is not None else keep, keep, keep, keep, keep, keep, _hint(text)) + (keep,) * 3
+        def refuse(text: str):
+            # The page emptied the box when the question was sent (CLEAR_ON_SEND): put it back to be fixed.
+            return (message, keep, keep, keep, keep, keep, _hint(text)) + (keep,) * 3
 
         if not (message or "").strip():
             yield refuse("Type a question first. · 请先输入问题。")
@@ -251,9 +267,9 @@ def build_app(library: Library, history: History, collection: str = DEFAULT) -> 
             yield refuse(str(exc))
             return
         chat = [*chat, {"role": "user", "content": escape_markdown(question)}, {"role": "assistant", "content": "…"}]
-        # The box is emptied once, as the question moves into the chat; every later update leaves it
-        # alone, so what the user types meanwhile stays (and is asked next if they press Enter).
-        yield ("", chat, keep, keep, keep, keep, "") + (keep,) * 3
+        # The page emptied the box as the question was sent; no update from here touches it, so what
+        # the user types meanwhile stays (and is asked next if they press Enter).
+        yield (keep, chat, keep, keep, keep, keep, "") + (keep,) * 3
         language = language_of(question)
         answer, draft = None, ""
         try:
@@ -267,7 +283,7 @@ def build_app(library: Library, history: History, collection: str = DEFAULT) -> 
                 else:
                     answer = item
         except (QuestionError, IndexError_) as exc:
-            yield refuse(str(exc), restore=message)[:1] + (chat[:-2],) + refuse(str(exc))[2:]
+            yield refuse(str(exc))[:1] + (chat[:-2],) + refuse(str(exc))[2:]
             return
         final = format_answer(answer)  # shown whole, with its sources, in the update below
         chat[-1] = {"role": "assistant", "content": final}
@@ -513,7 +529,8 @@ def build_app(library: Library, history: History, collection: str = DEFAULT) -> 
         if failed:
             text = f"The index could not be built: {failed}"
             return f'<p class="failed" role="alert">{escape_html(text)}</p>', gr.update(active=False), panel, keep, keep
-        return "", gr.update(active=False), panel, doc_picker, doc_picker
+        # An empty marker, so a test (or a script) can tell "ready" from "not polled yet".
+        return '<div class="index-ready"></div>', gr.update(active=False), panel, doc_picker, doc_picker
 
     # analytics_enabled=False: offline means no telemetry and no version check against PyPI.
     with gr.Blocks(title="Ask your documents · 问你的文档", analytics_enabled=False) as demo:
@@ -580,8 +597,8 @@ def build_app(library: Library, history: History, collection: str = DEFAULT) -> 
                                 elem_id="question",
                                 max_lines=4,
                             )
-                            send = gr.Button("Ask · 提问", variant="primary", scale=1, elem_id="ask")
-                            stop = gr.Button("Stop · 停止", variant="stop", scale=1, elem_id="stop")
+                            send = gr.Button("Ask · 提问", variant="primary", scale=0, min_width=110, elem_id="ask")
+                            stop = gr.Button("Stop · 停止", variant="stop", scale=0, min_width=90, elem_id="stop")
                         examples = gr.Examples(EXAMPLES, inputs=question, label="Examples · 示例", elem_id="examples")
                     with gr.Column(scale=4, elem_id="sources-column"):
                         sources = gr.HTML(empty_sources, elem_id="sources", label="Sources")
@@ -631,8 +648,15 @@ def build_app(library: Library, history: History, collection: str = DEFAULT) -> 
         # One event for the button and Enter: a question sent while an answer is being written waits
         # for it and is asked next ("always_last"), rather than being dropped or answered at once
         # into the same chat.
-        asking = gr.on([send.click, question.submit], respond, ask_inputs, outputs, trigger_mode="always_last")
-        from_example = examples.load_input_event.then(respond, ask_inputs, outputs)  # a click asks it
+        asking = gr.on(
+            [send.click, question.submit],
+            respond,
+            ask_inputs,
+            outputs,
+            trigger_mode="always_last",
+            js=CLEAR_ON_SEND,
+        )
+        from_example = examples.load_input_event.then(respond, ask_inputs, outputs, js=CLEAR_ON_SEND)  # a click asks it
         # Stop ends the answer being written; the chat keeps what was shown, and nothing is saved.
         stop.click(None, None, None, cancels=[asking, from_example])
         open_btn.click(open_document, [picker, spans, picker_collection], viewer)
@@ -775,8 +799,8 @@ def main(argv: list[str] | None = None, settings: Settings | None = None, prog: 
 
     demo = build_app(library, history, start.name)
     # Chosen from bench/load.py (20 simulated users, 2 cores; bench/RESULTS.md "Load"): with 2
-    # answers at a time one core idled, since each answer holds its slot ~0.5 s while it streams;
-    # 4 raised throughput from 3.1 to 5.4 answers/s. A queue of 16 refused a third of the requests
+    # answers at a time one core idled while each answer held its slot ~0.5 s replaying its
+    # "typing" (gone since); 4 raised throughput from 3.1 to 5.4 answers/s. A queue of 16 refused a third of the requests
     # of 20 users (and the Refresh button, which shares it); 64 refused none and still bounds the
     # wait (~13 s when full) so overload gets a clear "queue is full" rather than a hung chat.
     demo.queue(default_concurrency_limit=4, max_size=64)

@@ -146,7 +146,8 @@ def test_an_empty_or_too_long_question_gets_a_hint_and_never_reaches_the_chat():
         [update] = _updates(assistant, message, [], [])
         assert hint in update[6]
         assert "x" * 100 not in update[6]  # the question is not echoed
-        assert all(isinstance(u, type(update[1])) for u in update[:6])  # everything else left as it was
+        assert update[0] == message  # back in the box (the page emptied it as it was sent), to be fixed
+        assert all(isinstance(u, type(update[1])) for u in update[1:6])  # everything else left as it was
     assert assistant.histories == []
 
 
@@ -326,12 +327,12 @@ def test_while_the_index_is_built_the_page_says_so_and_a_question_waits_in_the_b
     banner, timer, *_ = handlers["startup_status"]("default", _as(None))
     assert "Building the index: embedding the documents" in banner
     [refused] = list(handlers["respond"]("What carries tourists?", [], [], "default", None, [], _as(None)))
-    assert refused[0] == "What carries tourists?" or not isinstance(refused[0], str)  # the question is kept
+    assert refused[0] == "What carries tourists?"  # back in the box
     assert "The index is being built" in refused[6]
     release.set()
     builder.join(10)
     banner, timer, panel, picker, _ = handlers["startup_status"]("default", _as(None))
-    assert banner == "" and timer["active"] is False and "alpha.txt" in panel
+    assert "Building" not in banner and timer["active"] is False and "alpha.txt" in panel
     *_, last = handlers["respond"]("Which airship carries tourists?", [], [], "default", None, [], _as(None))
     assert "alpha.txt" in last[2]  # answered, with its sources
 
@@ -340,8 +341,8 @@ def test_an_extractive_answer_is_shown_whole_at_once_and_the_box_is_emptied_only
     final = Answer("How many?", "585 were shown. [1]", False, [_citation()], [], language="en")
     updates = _updates(StreamingAssistant([], final), "How many?", [], [])
     assert len(updates) == 2  # the question with "…", then the answer with its sources: no replay
-    assert updates[0][0] == "" and updates[0][1][-1]["content"] == "…"
+    assert not isinstance(updates[0][0], str) and updates[0][1][-1]["content"] == "…"  # the page empties the box
     assert "585 were shown." in updates[1][1][-1]["content"] and "src-card" in updates[1][2]
     streamed = _updates(StreamingAssistant(["58", "5 were shown. [1]"], final), "How many?", [], [])
     # What the user types while the answer streams is never overwritten.
-    assert all(not isinstance(u[0], str) for u in streamed[1:])
+    assert all(not isinstance(u[0], str) for u in streamed)
