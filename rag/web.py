@@ -800,9 +800,9 @@ def main(argv: list[str] | None = None, settings: Settings | None = None, prog: 
     demo = build_app(library, history, start.name)
     # Chosen from bench/load.py (20 simulated users, 2 cores; bench/RESULTS.md "Load"): with 2
     # answers at a time one core idled while each answer held its slot ~0.5 s replaying its
-    # "typing" (gone since); 4 raised throughput from 3.1 to 5.4 answers/s. A queue of 16 refused a third of the requests
-    # of 20 users (and the Refresh button, which shares it); 64 refused none and still bounds the
-    # wait (~13 s when full) so overload gets a clear "queue is full" rather than a hung chat.
+    # "typing" (gone since); 4 raised throughput from 3.1 to 5.4 answers/s. A queue of 16 refused
+    # a third of the requests of 20 users (and the Refresh button, which shares it); 64 refused
+    # none and still bounds the wait so overload gets a clear "queue is full" rather than a hung chat.
     demo.queue(default_concurrency_limit=4, max_size=64)
     theme = gr.themes.Soft(primary_hue="teal", neutral_hue="slate")
     demo.launch(
