@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, emit, free_port, summarize, wait_until_up  # noqa: E402
 
 COLLECTION = "load"  # uploads go into named collections only
-PORTS = ("Okapi", "Quokka", "Narwhal", "Axolotl", "Pangolin", "Tapir", "Wombat", "Ibis", "Lemur", "Civet")
+SYLLABLES = ("ka", "lo", "mi", "ru", "te", "vo", "zi", "pa", "ne", "su")
 
 # app.py run unchanged except for its queue settings, to compare them under the same load.
 QUEUE_OVERRIDE = """
@@ -115,7 +115,8 @@ def uploader(url: str, work: Path, until: float, out: dict, lock: threading.Lock
     for n in itertools.count():
         if time.monotonic() >= until:
             break
-        port = f"{PORTS[n % len(PORTS)]} {PORTS[n // len(PORTS) % len(PORTS)]}"  # a name no other upload has
+        # One made-up word per upload ("Kalomi"): two words in either order matched each other's log.
+        port = "".join(SYLLABLES[int(d)] for d in f"{n:03d}").capitalize()
         path = work / f"harbour-log-{n}.txt"
         path.write_text(
             f"Harbour log of Port {port}\n"
