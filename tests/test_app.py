@@ -2,6 +2,7 @@
 
 import copy
 import time
+import zipfile
 from types import SimpleNamespace
 
 from rag import web
@@ -272,9 +273,14 @@ def test_an_upload_is_stored_indexed_and_answered_and_a_refused_file_says_why(se
     dropped.mkdir()
     (dropped / "okapi.txt").write_text("The okapi harbour opens at dawn.\n", encoding="utf-8")
     (dropped / "fake.pdf").write_bytes(b"not a pdf at all")
-    paths = [str(dropped / "okapi.txt"), str(dropped / "fake.pdf")]
+    # A Word file by its content whose document part is damaged: stored, then skipped by the indexer.
+    with zipfile.ZipFile(dropped / "damaged.docx", "w") as zf:
+        zf.writestr("word/document.xml", "<w:document><unclosed>")
+    paths = [str(dropped / "okapi.txt"), str(dropped / "fake.pdf"), str(dropped / "damaged.docx")]
     report, box, panel, picker, _ = handlers["upload"](paths, "team", _as(None), progress=lambda *a, **k: None)
     assert "✓ okapi.txt" in report and "✗ fake.pdf: not a valid PDF" in report and box is None
+    assert "✗ damaged.docx was stored but not indexed: " in report  # with the indexer's reason
+    assert "damaged.docx" in panel  # and listed under "Not indexed" in the index panel
     assert "okapi.txt" in panel and "okapi.txt" in [doc_id for _, doc_id in picker["choices"]]
     answer = library.assistant("team", None).ask("When does the okapi harbour open?")
     assert (answer.citations or answer.nearest)[0].doc_id == "okapi.txt"
