@@ -336,6 +336,8 @@ def test_a_reload_finds_the_conversation(page):
     _expect(page.locator('#chat button[aria-label="Disliked"]')).to_have_count(1)  # with its 👎
     # Older ones: the zebra question alone; the PDF question, then (before the trash icon) the chairman's.
     page.locator("#conversations label", has_text="What is the zebra lantern protocol?").click()
+    # Its text, not only a count of 1 (which the conversation shown before it also has): wait for the load.
+    _expect(page.locator('#chat [data-testid="bot"]').last).to_contain_text("zebra lantern")
     _expect(page.locator('#chat [data-testid="bot"]')).to_have_count(1)
     page.locator("#conversations label", has_text="How many ships did the lighthouse keeper").click()
     _expect(page.locator('#chat [data-testid="bot"]')).to_have_count(2)
