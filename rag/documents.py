@@ -315,6 +315,10 @@ def load_document(
                 conversion_cache.store(cache_dir, kind, sha256, ocr_languages, converted)
     except formats.ConversionError as exc:
         raise DocumentError(str(exc)) from exc
+    except (DocumentError, UnicodeError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a converter library failing on one file must not stop the rest
+        raise DocumentError(f"could not be converted ({type(exc).__name__}: {exc})") from exc
     if not converted.text.strip():
         raise DocumentError("no text layer, and OCR found no text" if converted.ocr_pages else "contains no text")
     return Document(

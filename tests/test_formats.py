@@ -410,3 +410,35 @@ def test_an_unchanged_pdf_is_not_converted_again_when_another_file_changes(setti
     assert len(calls) == 1  # read once, on the first refresh; the second took it from the cache
     (folder / "report.pdf").write_bytes(make_pdf([*PDF_PAGES, "A fourth page."]))
     assert refresh_index(settings, embedder).updated == ["report.pdf"] and len(calls) == 2
+
+
+def test_a_converter_library_failing_on_one_file_skips_only_that_file(tmp_path, monkeypatch):
+    import rag.formats.office as office
+
+    def broken(raw):
+        raise KeyError("word/styles.xml")  # what a library raises on a file it half understands
+
+    monkeypatch.setattr(office, "convert_docx", broken)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "f.docx").write_bytes(make_docx())
+    (tmp_path / "c" / "ok.txt").write_text("Still indexed.")
+    docs, errors = load_corpus(tmp_path / "c")
+    assert [d.doc_id for d in docs] == ["ok.txt"]
+    assert errors[0].doc_id == "f.docx" and errors[0].reason == "could not be converted (KeyError: 'word/styles.xml')"
+
+
+def test_a_web_page_is_read_whole_when_trafilatura_cannot_be_imported(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_trafilatura(name, *args, **kwargs):
+        if name == "trafilatura":
+            raise ImportError("lxml.html.clean module is now a separate project")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_trafilatura)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "m.html").write_text(PAGE_HTML, encoding="utf-8")
+    (doc,), _ = load_corpus(tmp_path / "c")
+    assert "Berth: Large yacht, Price per night: 75 euros" in doc.text.split("\n\n")

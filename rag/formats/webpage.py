@@ -35,8 +35,11 @@ def _letters(text: str) -> int:
 
 
 def _main_content(html: str) -> Converted | None:
-    import trafilatura
-    from lxml import etree
+    try:
+        import trafilatura
+        from lxml import etree
+    except ImportError:  # a broken install (trafilatura's lxml extras): the page is read whole
+        return None
 
     xml = trafilatura.extract(
         html, output_format="xml", include_tables=True, include_comments=False, with_metadata=True, favor_recall=True
