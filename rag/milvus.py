@@ -133,14 +133,14 @@ def _call(what: str, fn, *args, **kwargs):
 class MilvusStore:
     """One Milvus collection of (int64 id, vector) rows, with VectorStore's methods."""
 
-    def __init__(self, uri: str, collection: str, dim: int, kind: str, count: int) -> None:
+    def __init__(self, uri: str, collection: str, dim: int, kind: str, count: int, search_params: dict) -> None:
         self.uri = normalise_uri(uri)
         self.collection = collection
         self.dim = dim
         self._kind = kind
         self._count = count
-        self._search_params = _index_params(kind, count)[1]
-        self.index_type = kind
+        # Fixed when the collection is made, from the size it was made for, like its index.
+        self._search_params = search_params
 
     @classmethod
     def create(cls, uri: str, collection: str, dim: int, index_type: str = "auto", expected: int = 0) -> MilvusStore:
@@ -158,7 +158,7 @@ class MilvusStore:
         schema = milvus.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", pymilvus.DataType.INT64, is_primary=True)
         schema.add_field("vector", pymilvus.DataType.FLOAT_VECTOR, dim=dim)
-        build, _ = _index_params(kind, expected)
+        build, search_params = _index_params(kind, expected)
         params = milvus.prepare_index_params()
         params.add_index("vector", metric_type="IP", **build)
         # Strong consistency: a search right after an insert (a refresh, then its first question)
@@ -171,7 +171,7 @@ class MilvusStore:
             index_params=params,
             consistency_level="Strong",
         )
-        return cls(uri, collection, dim, kind, 0)
+        return cls(uri, collection, dim, kind, 0, search_params)
 
     @property
     def _client(self) -> Any:
@@ -271,6 +271,7 @@ class MilvusStore:
             "dimension": self.dim,
             "kind": self._kind,
             "count": self._count,
+            "search_params": self._search_params,
         }
         Path(path).write_text(json.dumps(descriptor, indent=1) + "\n", encoding="utf-8")
 
@@ -291,7 +292,7 @@ class MilvusStore:
         count = int(rows[0]["count(*)"])
         if count != descriptor["count"]:
             raise ValueError(f"Milvus collection {name} holds {count} vectors, but {path} says {descriptor['count']}")
-        return cls(uri, name, int(descriptor["dimension"]), descriptor["kind"], count)
+        return cls(uri, name, int(descriptor["dimension"]), descriptor["kind"], count, descriptor["search_params"])
 
     def drop(self) -> None:
         _call("drop_collection", self._client.drop_collection, self.collection)
