@@ -46,7 +46,8 @@ def bench(name: str, store, vectors, queries, truth, work: Path) -> dict:
     build_s = time.perf_counter() - started
     time_searches(store, queries[:10], K)  # warm up: first queries load segments and caches
     times, found = time_searches(store, queries, K)
-    return {"build_s": round(build_s, 1), "search_ms": summarize(times), "recall_at_10": round(recall_at(found, truth), 4)}
+    recall = round(recall_at(found, truth), 4)
+    return {"build_s": round(build_s, 1), "search_ms": summarize(times), "recall_at_10": recall}
 
 
 def main() -> None:

@@ -42,7 +42,6 @@ from rag.store import BACKENDS, VectorStore, choose_index_type, load_store, stor
 
 # 2: chunk terms include pinyin and joined names (rag.crosslingual); 3: the BM25 matrix is saved
 FORMAT_VERSION = 3
-_FILES = ("manifest.json", "chunks.jsonl", "chunks.faiss", "sentences.faiss", *BM25.FILES)
 
 
 def _files(backend: str = "faiss") -> tuple[str, ...]:
@@ -54,6 +53,9 @@ def _files(backend: str = "faiss") -> tuple[str, ...]:
         store_file("sentences", backend),
         *BM25.FILES,
     )
+
+
+_FILES = _files("faiss")  # the default backend's
 
 
 class IndexError_(RuntimeError):
