@@ -1,6 +1,7 @@
 """The Milvus backend (rag.milvus) beside the FAISS store on the same synthetic e5-like vectors.
 
 Run: python bench/milvus.py --n 100000 [--queries 200] [--kinds flat,hnsw] [--uri ./milvus.db]
+     python bench/milvus.py --n 1000000 --kinds hnsw --faiss 0
 
 The vectors, queries and exact top-10 are bench/scale.py's (same generator, same --work cache).
 For each index kind, both stores are filled through their own `add` (Milvus: inserts of 4,096
@@ -56,6 +57,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--kinds", default="flat,hnsw")
     parser.add_argument("--uri", default=None, help="Milvus URI (default: a Milvus Lite folder in --work)")
+    parser.add_argument("--faiss", type=int, default=1, help="0: Milvus only (bench/scale.py has FAISS at 1M)")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "rag-bench-scale")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -71,12 +73,16 @@ def main() -> None:
     figures: dict = {"n": args.n, "dim": DIM, "k": K, "uri": uri, "load_average_at_start": os.getloadavg()}
     rows = []
     for kind in args.kinds.split(","):
-        faiss_figures = bench("faiss", VectorStore(DIM, kind), vectors, queries, truth, args.work)
+        faiss_figures = (
+            bench("faiss", VectorStore(DIM, kind), vectors, queries, truth, args.work) if args.faiss else None
+        )
         store = MilvusStore.create(uri, f"bench_{kind}", DIM, kind, args.n)
         milvus_figures = bench("milvus", store, vectors, queries, truth, args.work)
         store.drop()
         figures[kind] = {"faiss": faiss_figures, "milvus": milvus_figures}
         for name, f in (("faiss", faiss_figures), ("milvus", milvus_figures)):
+            if f is None:
+                continue
             rows.append(
                 (
                     f"{kind} {name}",
