@@ -4,6 +4,8 @@ Every index type sits inside `IndexIDMap2`, so callers see the same contract wha
 `add` with explicit int64 ids, `remove` for deleted chunks, `get` (reconstruct) to carry
 unchanged vectors into a new index generation without re-embedding, and `save`/`load` through
 FAISS's own serialiser, never pickle. The file is self-describing: `load` needs no settings.
+This is the default backend; rag.milvus keeps the same contract in a Milvus server
+(`vector_backend` milvus), and `load_store` opens either from a generation's file.
 
 Index type (`index_type` setting, `RAG_INDEX_TYPE`: auto | flat | hnsw | ivfpq):
 - flat: exact search, linear in the number of vectors.
