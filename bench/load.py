@@ -1,10 +1,11 @@
-"""Load: simulated chat users through `gradio_client` against the running app, then the same during refreshes.
+"""Load: simulated chat users through `gradio_client` against the running app, then the same while one uploads.
 
-Starts `python app.py` on a free loopback port over a copy of the corpus (so a refresh can be
-provoked without touching the real one) and its own index, waits until it answers, then runs
+Starts `python app.py` on a free loopback port with its own RAG_HOME, on a collection holding a
+copy of the corpus (uploads go into named collections only), waits until it answers, then runs
 `--users` concurrent users for `--seconds`, each with its own client (its own session) asking the
-eval questions in turn, as a person would click Ask. The second phase repeats this while the
-corpus copy is edited and the app's Refresh is triggered back to back. The app's RSS is sampled
+eval questions in turn, as a person would click Ask. In the second phase one of the users instead
+uploads a new document through the page's upload box (which stores it and refreshes the index),
+asks about it, and uploads the next, while the others keep asking. The app's RSS is sampled
 throughout. Requests served, errors, latency percentiles and memory are printed as a table and
 as JSON. Not a test: figures depend on the machine and on whatever else runs on it.
 
@@ -31,6 +32,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, emit, free_port, summarize, wait_until_up  # noqa: E402
+
+COLLECTION = "load"  # uploads go into named collections only
+SYLLABLES = ("ka", "lo", "mi", "ru", "te", "vo", "zi", "pa", "ne", "su")
 
 # app.py run unchanged except for its queue settings, to compare them under the same load.
 QUEUE_OVERRIDE = """
@@ -89,7 +93,8 @@ def user(url: str, questions: list[str], offset: int, until: float, out: dict, l
             break
         started = time.monotonic()
         try:
-            result = client.predict(question, [], [], api_name="/respond")
+            # The API's inputs leave out gr.State: the question, the chat so far, the collection.
+            result = client.predict(question, [], COLLECTION, api_name="/respond")
             chat = result[1]
             if not chat or chat[-1]["role"] != "assistant" or chat[-1]["content"] in ("", "…"):
                 raise RuntimeError(f"no answer in the reply: {str(result)[:200]}")
@@ -102,43 +107,70 @@ def user(url: str, questions: list[str], offset: int, until: float, out: dict, l
             out["latencies_s"].append(time.monotonic() - started)
 
 
-def refresher(url: str, corpus: Path, until: float, out: dict) -> None:
-    """Edit the corpus copy and press Refresh, again and again, until the phase ends."""
-    from gradio_client import Client
+def uploader(url: str, work: Path, until: float, out: dict, lock: threading.Lock) -> None:
+    """The user who uploads: a new document through the upload box, then a question about it, until the phase ends."""
+    from gradio_client import Client, handle_file
 
     client = Client(url, verbose=False)
     for n in itertools.count():
         if time.monotonic() >= until:
             break
-        # A changed document and a new one: the refresh re-embeds both, as after a real edit.
-        first = sorted(corpus.glob("*.txt"))[0]
-        first.write_text(first.read_text(encoding="utf-8") + f"\nLoad test edit {n}.\n", encoding="utf-8")
-        (corpus / f"load-added-{n}.txt").write_text(
-            f"Load test document {n}\n" + "The harbour master counted the ships at dawn. " * 200, encoding="utf-8"
+        # One made-up word per upload ("Kalomi"): two words in either order matched each other's log.
+        port = "".join(SYLLABLES[int(d)] for d in f"{n:03d}").capitalize()
+        path = work / f"harbour-log-{n}.txt"
+        path.write_text(
+            f"Harbour log of Port {port}\n"
+            + f"The harbour master of Port {port} counted {100 + n} ships at dawn. " * 50,
+            encoding="utf-8",
         )
         started = time.monotonic()
         try:
-            status = client.predict(api_name="/refresh")[-1]
-            if "failed" in str(status).lower():
-                raise RuntimeError(str(status)[:200])
+            report = client.predict([handle_file(str(path))], COLLECTION, api_name="/upload")[0]
+            if f"✓ {path.name}" not in str(report):
+                raise RuntimeError(str(report)[:200])
             out["refresh_s"].append(time.monotonic() - started)
+            asked = time.monotonic()
+            question = f"How many ships did the harbour master of Port {port} count?"
+            chat = client.predict(question, [], COLLECTION, api_name="/respond")[1]
+            if f"{100 + n}" not in str(chat[-1]["content"]):
+                raise RuntimeError(f"the uploaded document was not used: {str(chat[-1])[:200]}")
+            with lock:
+                out["latencies_s"].append(time.monotonic() - asked)
         except Exception as exc:
             out["refresh_errors"].append(f"{type(exc).__name__}: {str(exc)[:200]}")
             time.sleep(1.0)
 
 
-def phase(url: str, questions: list[str], users: int, seconds: float, app_pid: int, corpus: Path | None) -> dict:
+def wait_until_answering(url: str, app: subprocess.Popen, limit_s: float) -> None:
+    """The page is served at once on first start; wait until a question gets an answer, not a hint."""
+    from gradio_client import Client
+
+    client = Client(url, verbose=False)
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if app.poll() is not None:
+            raise RuntimeError(f"the app exited with {app.returncode}")
+        result = client.predict("ready?", [], COLLECTION, api_name="/respond")
+        if not result[4]:  # no hint (the outputs leave out gr.State): answered
+            return
+        time.sleep(1.0)
+    raise RuntimeError(f"the app did not answer within {limit_s:.0f} s")
+
+
+def phase(url: str, questions: list[str], users: int, seconds: float, app_pid: int, work: Path | None) -> dict:
     out: dict = {"latencies_s": [], "errors": [], "refresh_s": [], "refresh_errors": []}
     lock = threading.Lock()
     sampler = Sampler(app_pid)
     sampler.start()
     started = time.monotonic()
     until = started + seconds
+    askers = users - 1 if work is not None else users  # one of them uploads instead
     threads = [
-        threading.Thread(target=user, args=(url, questions, i * 7, until, out, lock), daemon=True) for i in range(users)
+        threading.Thread(target=user, args=(url, questions, i * 7, until, out, lock), daemon=True)
+        for i in range(askers)
     ]
-    if corpus is not None:
-        threads.append(threading.Thread(target=refresher, args=(url, corpus, until, out), daemon=True))
+    if work is not None:
+        threads.append(threading.Thread(target=uploader, args=(url, work, until, out, lock), daemon=True))
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -158,7 +190,7 @@ def phase(url: str, questions: list[str], users: int, seconds: float, app_pid: i
         "latency_s": {k: latency[k] for k in ("p50", "p95", "mean")}
         | {"max": round(max(out["latencies_s"], default=0), 2)},
         "rss_mb": {"start": round(memory[0]) if memory else None, "peak": round(max(memory)) if memory else None},
-        "refreshes": len(out["refresh_s"]),
+        "uploads": len(out["refresh_s"]),
         "refresh_s": [round(s, 1) for s in out["refresh_s"]],
         "refresh_errors": out["refresh_errors"][:5],
     }
@@ -177,17 +209,21 @@ def main() -> int:
 
     questions = [json.loads(line)["question"] for line in args.qa.read_text(encoding="utf-8").splitlines() if line]
     work = Path(tempfile.mkdtemp(prefix="rag-load-"))
-    corpus = work / "corpus"
+    home = work / "home"
+    corpus = home / "collections" / COLLECTION / "corpus"
     shutil.copytree(args.corpus, corpus)
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
-    env = {**os.environ, "RAG_CORPUS_DIR": str(corpus), "RAG_INDEX_DIR": str(work / "index")}
+    # The default collection is the bundled corpus with its own index here; the users ask the copy.
+    env = {**os.environ, "RAG_HOME": str(home), "RAG_COLLECTION": COLLECTION, "RAG_INDEX_DIR": str(work / "index")}
+    env.pop("RAG_CORPUS_DIR", None)
     env.pop("RAG_LLM_BASE_URL", None)  # extractive answers: the load is the app's own
     env.pop("RAG_LLM_MODEL", None)
     log = (work / "app.log").open("w")
     command = [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port)]
     if args.concurrency or args.max_size:
         command[1:2] = ["-c", QUEUE_OVERRIDE, json.dumps({"concurrency": args.concurrency, "max_size": args.max_size})]
+    launched = time.monotonic()
     app = subprocess.Popen(
         command,
         cwd=ROOT,
@@ -197,10 +233,16 @@ def main() -> int:
     )
     try:
         wait_until_up(url, app, args.startup_limit)
+        served = time.monotonic() - launched
+        print(f"page served {served:.1f} s after start", file=sys.stderr)
+        wait_until_answering(url, app, args.startup_limit)
+        figures_start = {"page_served_s": round(served, 1), "answering_s": round(time.monotonic() - launched, 1)}
         print(f"app up at {url} (pid {app.pid}); {args.users} users for {args.seconds:.0f} s", file=sys.stderr)
         steady = phase(url, questions, args.users, args.seconds, app.pid, None)
-        print("steady phase done; now with refreshes running", file=sys.stderr)
-        refreshing = phase(url, questions, args.users, args.seconds, app.pid, corpus)
+        print("steady phase done; now with one user uploading", file=sys.stderr)
+        uploads = work / "uploads"
+        uploads.mkdir()
+        refreshing = phase(url, questions, args.users, args.seconds, app.pid, uploads)
     finally:
         app.send_signal(signal.SIGINT)  # only the app this script started, by its pid
         try:
@@ -213,11 +255,12 @@ def main() -> int:
         "queue": {"concurrency": args.concurrency or "app.py", "max_size": args.max_size or "app.py"},
         "cpus": os.cpu_count(),
         "load_avg_1m": round(os.getloadavg()[0], 2),
+        "start": figures_start,
         "steady": steady,
         "refreshing": refreshing,
     }
     rows = []
-    for name, result in (("steady", steady), ("during refresh", refreshing)):
+    for name, result in (("steady", steady), ("one uploading", refreshing)):
         lat = result["latency_s"]
         rows.append(
             (
@@ -227,10 +270,10 @@ def main() -> int:
                 f"RSS {result['rss_mb']['start']}->{result['rss_mb']['peak']} MB peak",
             )
         )
-    rows.append(("refreshes", f"{refreshing['refreshes']} completed, {refreshing['refresh_s']} s each"))
+    rows.append(("uploads", f"{refreshing['uploads']} stored and indexed, {refreshing['refresh_s']} s each"))
     emit("load", figures, rows)
     shutil.rmtree(work, ignore_errors=True)
-    return 0 if steady["errors"] == refreshing["errors"] == 0 else 1
+    return 0 if steady["errors"] == refreshing["errors"] == 0 and not refreshing["refresh_errors"] else 1
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from rag.chunking import Chunk
-from rag.documents import is_chinese, locate, normalize
+from rag.documents import as_written, is_chinese, locate
 from rag.indexing import Index
 from rag.judge import Candidate, QuestionKind, lead_value
 from rag.retrieval import Hit, Retrieval
@@ -255,7 +255,7 @@ def extractive_answer(
         quoted.setdefault(rank, []).append((c.start, c.end))
         label = QUOTE_LABEL.get((language, language_of(c.text)), "")
         parts.append(f"{label}{c.text.strip()} [{n}]")
-    lead = lead_value(normalize(chosen[0].text), question)
+    lead = lead_value(as_written(chosen[0].text), question)
     if lead:
         parts[0] = f"{lead_prefix(lead)}{parts[0]}"
     citations = [

@@ -74,10 +74,13 @@ class Assistant:
             return True
         return any(known[d].get("stamp") != stamp for d, stamp in current.items())
 
-    def refresh(self, rebuild: bool = False) -> RefreshReport:
-        """Refresh the index on disk, then swap it in; questions meanwhile use the old one."""
+    def refresh(self, rebuild: bool = False, allow_empty: bool = False) -> RefreshReport:
+        """Refresh the index on disk, then swap it in; questions meanwhile use the old one.
+
+        `allow_empty`: the corpus was emptied on purpose (its last document deleted from the chat).
+        """
         with self._refresh_lock:
-            report = refresh_index(self.settings, self.embedder, rebuild=rebuild)
+            report = refresh_index(self.settings, self.embedder, rebuild=rebuild, allow_empty=allow_empty)
             if report.changed or self._index is None:
                 self._index = load_index(self.settings.index_dir, self.embedder)
             return report

@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import html
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from rag.answer import Answer, Citation, lead_prefix
@@ -61,6 +61,11 @@ LABELS = {
         "cited": "Cited passages",
         "query": "Searched with the conversation's context:",
         "score": "score",
+        "details": "details",
+        "strong": "Quoted · strong evidence",
+        "likely": "Quoted · likely answers the question",
+        "weak": "Quoted · weak evidence: check it",
+        "nearest_label": "Nearest passage · does not answer the question",
         "empty": "Ask a question: the passages its answer cites appear here, with the quoted sentences highlighted.",
         "drafting": "Writing… the citations are checked when the answer is complete.",
     },
@@ -71,6 +76,11 @@ LABELS = {
         "cited": "引用的段落",
         "query": "结合对话上下文检索：",
         "score": "得分",
+        "details": "详情",
+        "strong": "已引用 · 证据充分",
+        "likely": "已引用 · 很可能回答了问题",
+        "weak": "已引用 · 证据较弱，请核对",
+        "nearest_label": "最接近的段落 · 未回答问题",
         "empty": "提问后，答案引用的段落会显示在这里，引用的句子会高亮。",
         "drafting": "正在生成……回答完成后会核对引用。",
     },
@@ -125,31 +135,6 @@ def draft_message(text: str, language: str) -> str:
     return f"{escape_markdown(text)}\n\n<em>{escape_html(LABELS[language]['drafting'])}</em>"
 
 
-# Markers stay whole; Chinese is cut every few characters, other text at word boundaries.
-_WIDE = "\u3000-\u303f\u3400-\u9fff\uf900-\ufaff\uff00-\uffef"  # CJK characters and punctuation
-_STREAM_TOKEN = re.compile(rf"\[\d+\]|[{_WIDE}]{{1,3}}|\s+|[^\s\[{_WIDE}]+|.", re.S)
-
-
-def stream_prefixes(text: str, steps: int = 24) -> list[str]:
-    """At most `steps` growing prefixes of `text`, cut at token boundaries; the last is `text`."""
-    ends = [m.end() for m in _STREAM_TOKEN.finditer(text)]
-    if not ends:
-        return [text]
-    stride = max(1, -(-len(ends) // steps))
-    cuts = ends[stride - 1 :: stride]
-    if not cuts or cuts[-1] != len(text):
-        cuts.append(len(text))
-    return [text[:cut] for cut in cuts]
-
-
-def stream_answer(answer: Answer, steps: int = 24) -> Iterator[str]:
-    """Chat messages for progressively longer parts of the answer; the last one is complete."""
-    prefixes = stream_prefixes(answer.answer, steps)
-    for prefix in prefixes[:-1]:
-        yield format_answer(answer, prefix, final=False)
-    yield format_answer(answer)
-
-
 # --------------------------------------------------------------------------- sources panel
 
 
@@ -172,14 +157,31 @@ def highlight(text: str, offset: int, spans: Sequence[tuple[int, int]]) -> str:
     return "".join(out)
 
 
-def _source_card(c: Citation) -> str:
+# The answer judge's P(the passages answer the question) (Answer.evidence, rag.judge), put into
+# words for a reader; no new scoring. Round bars above the calibrated abstention threshold
+# (0.36 in rag/judge.json): not fitted, only a reading of a probability as "strong" or "likely".
+EVIDENCE_WORDS = ((0.8, "strong"), (0.5, "likely"), (0.0, "weak"))
+
+
+def relevance_label(answer: Answer) -> str:
+    """A source card's relevance in words: how sure the judge is that the quotes answer, or that it found none."""
+    labels = LABELS[answer.language]
+    if answer.abstained:
+        return labels["nearest_label"]
+    return labels[next(word for bar, word in EVIDENCE_WORDS if answer.evidence >= bar)]
+
+
+def _source_card(c: Citation, relevance: str, labels: dict) -> str:
+    # Fusion scores and offsets mean nothing to a reader; they stay behind the details toggle.
     return (
         f'<div class="src-card" id="src-{c.n}">'
         f'<div class="src-head"><span class="cite">&#91;{c.n}&#93;</span> '
         f'<span class="src-title">{escape_html(short_title(c.title, 120))}</span></div>'
-        f'<div class="src-meta"><code class="doc-id">{escape_html(c.doc_id)}</code>{_where(c)} '
-        f"· chars {c.start}–{c.end} · score {c.score:.3f}</div>"
+        f'<div class="src-meta"><code class="doc-id">{escape_html(c.doc_id)}</code>{_where(c)}</div>'
+        f'<div class="src-relevance">{escape_html(relevance)}</div>'
         f'<div class="src-text">{highlight(c.text, c.start, c.quoted)}</div>'
+        f'<details class="src-details"><summary>{escape_html(labels["details"])}</summary>'
+        f"characters {c.start}–{c.end} · {escape_html(labels['score'])} {c.score:.3f} (retrieval rank fusion)</details>"
         "</div>"
     )
 
@@ -199,16 +201,17 @@ def sources_html(answer: Answer | None, asked: str | None = None) -> str:
         empty = "<br>".join(escape_html(LABELS[lang]["empty"]) for lang in ("en", "zh"))
         return f'<div class="sources"><p class="src-empty">{empty}</p></div>'
     labels = LABELS[answer.language]
+    relevance = relevance_label(answer)
     parts = ['<div class="sources">']
     searched = answer.query or answer.question
     if asked is not None and asked.strip() != searched.strip():
         parts.append(f'<p class="src-query">{escape_html(labels["query"])} <q>{escape_html(searched)}</q></p>')
     if answer.abstained:
         parts.append(f'<p class="src-abstain">{escape_html(labels["nearest"])}</p>')
-        parts.extend(_source_card(c) for c in answer.nearest)
+        parts.extend(_source_card(c, relevance, labels) for c in answer.nearest)
     else:
         parts.append(f'<p class="src-heading">{escape_html(labels["cited"])}</p>')
-        parts.extend(_source_card(c) for c in answer.citations)
+        parts.extend(_source_card(c, relevance, labels) for c in answer.citations)
     parts.append("</div>")
     return "".join(parts)
 

@@ -12,6 +12,8 @@ import json
 import re
 import shutil
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +33,10 @@ _NAME = re.compile(r"[^\W_][\w-]{0,63}")
 
 class CollectionError(ValueError):
     """A collection that cannot be used as asked: a bad name, a missing one, or no access."""
+
+
+class NotReady(CollectionError):
+    """The collection's index is still being built (first start); the message says how far it is."""
 
 
 def validate_name(name: str) -> str:
@@ -162,6 +168,48 @@ class Library:
         if first is not None:
             self._assistants[first.settings.collection] = first
         self._lock = threading.Lock()
+        self._building: dict[str, tuple[str, float]] = {}  # name -> (stage, when it started)
+        self._failed: dict[str, str] = {}
+
+    def prepare(self, name: str, build: Callable[[Callable[[str], None]], Assistant]) -> threading.Thread:
+        """Build `name`'s Assistant in a thread: `build(report)` calls `report(stage)` as it goes.
+
+        Until it is done, asking the collection raises NotReady naming the stage, so a server can
+        serve its page at once on first start and take questions when the index is ready.
+        """
+        started = time.monotonic()
+        self._building[name] = ("starting", started)
+
+        def report(stage: str) -> None:
+            self._building[name] = (stage, started)
+
+        def run() -> None:
+            try:
+                assistant = build(report)
+            except Exception as exc:  # noqa: BLE001 - shown in the page; the next question tries again
+                self._failed[name] = f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
+            else:
+                with self._lock:
+                    self._assistants[name] = assistant
+            finally:
+                self._building.pop(name, None)
+
+        thread = threading.Thread(target=run, name=f"prepare-{name}", daemon=True)
+        thread.start()
+        return thread
+
+    def status(self, name: str) -> str | None:
+        """What keeps `name` from answering yet ("building the index (12 s)"), or None when it can."""
+        # Another collection being built holds this one too: they share its embedding model.
+        building = self._building.get(name) or next(iter(self._building.values()), None)
+        if building is not None:
+            stage, started = building
+            return f"{stage} ({time.monotonic() - started:.0f} s)"
+        return None
+
+    def failure(self, name: str) -> str | None:
+        """Why preparing `name` failed, if it did; the next question tries again."""
+        return self._failed.get(name)
 
     def collection(self, name: str, user: str | None) -> Collection:
         collection = get(name)
@@ -173,6 +221,13 @@ class Library:
     def assistant(self, name: str, user: str | None) -> Assistant:
         """The Assistant answering over collection `name`, its index built or refreshed on first use."""
         collection = self.collection(name, user)
+        status = self.status(name)
+        if status is not None:
+            raise NotReady(
+                f"The index is being built: {status}. Questions are answered when it is ready. · "
+                "正在建立索引，完成后即可提问。"
+            )
+        self._failed.pop(name, None)
         with self._lock:  # one load per collection, even when two browsers open it at once
             assistant = self._assistants.get(name)
             if assistant is None:

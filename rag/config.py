@@ -119,6 +119,11 @@ class Settings:
     max_document_mb: float = option(
         64, flag="--max-document-mb", env="RAG_MAX_DOCUMENT_MB", help="larger files are skipped with a reason"
     )
+    # Uploads from the web chat larger than this are refused before they are stored; below
+    # max_document_mb, so an uploaded file is never one the indexer then skips for its size.
+    max_upload_mb: float = option(
+        32, flag="--max-upload-mb", env="RAG_MAX_UPLOAD_MB", help="larger uploads in the web chat are refused"
+    )
     # Tesseract languages for scanned pages and images: those of these that are installed are used.
     ocr_languages: str = option(
         "eng+chi_sim+chi_tra",

@@ -1,19 +1,22 @@
 """Documents: read every file of a folder into text (rag.formats converts each kind), decoding what real folders hold.
 
 Text is kept as found (only line endings unified) so that chunk offsets index the text a user
-sees; search-side normalisation (NFKC, whitespace) happens per chunk in `normalize`. A file
-that cannot be read or decoded is reported by name and skipped; it never stops the rest (nor
-does a named pipe with a document's name: only regular files are read).
-Trade-off: encodings are detected from BOMs, byte patterns and strict trial decodes, not
-statistically: UTF-16 without a BOM by where its NUL bytes fall; text that is not UTF-8 is read
-as cp1252/Latin-1 when its non-ASCII bytes mostly stand alone (accented letters), else as GB18030
-(Chinese), and refused when the result does not read as text. Other legacy encodings (Shift-JIS,
-Big5, Cyrillic code pages) are not told apart and may be refused or mis-decoded.
+sees; search-side normalisation (NFKC, whitespace, Traditional Chinese written as Simplified)
+happens per chunk in `normalize`. A file that cannot be read or decoded is reported by name and
+skipped; it never stops the rest (nor does a named pipe with a document's name: only regular
+files are read).
+Trade-off: encodings are detected first from BOMs, byte patterns and strict trial decodes: UTF-16
+without a BOM by where its NUL bytes fall; text that is not UTF-8 is read as cp1252/Latin-1 when
+its non-ASCII bytes mostly stand alone (accented letters), else as GB18030 (Chinese). Only what
+these refuse (Big5, Cyrillic code pages), and Chinese-looking GB18030 that is really Japanese, goes
+to charset-normalizer's statistical guess, which is wrong more often on short mixed text (it takes
+English with a few GBK characters for Big5), so it never overrides a decode the rules accept.
 """
 
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import os
 import re
@@ -67,8 +70,40 @@ _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 
 
 def normalize(text: str) -> str:
-    """NFKC and collapsed whitespace: the form search and comparison work on."""
-    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip()
+    """NFKC, collapsed whitespace and Simplified Chinese: the form search and comparison work on.
+
+    Traditional characters become Simplified (OpenCC's t2s, phrase-aware) so that a question in
+    either script meets a passage in the other, in BM25 terms, embeddings and the judge's features
+    alike; the text shown and quoted stays as written.
+    """
+    text = as_written(text)
+    return _simplified(text) if _CJK.search(text) else text
+
+
+def as_written(text: str) -> str:
+    """NFKC and collapsed whitespace, in the document's own script: where values shown to users come from.
+
+    A single line break between two Chinese characters is a wrap inside a word or sentence, which
+    Chinese writes without a space: it is dropped, not made a space that would split the word.
+    """
+    text = unicodedata.normalize("NFKC", text)
+    if "\n" in text:
+        text = _CJK_WRAP.sub("", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+_CJK_WRAP = re.compile(r"(?<=[\u3400-\u9fff\uf900-\ufaff])[^\S\n]*\n[^\S\n]*(?=[\u3400-\u9fff\uf900-\ufaff])")
+
+
+@functools.cache
+def _traditional_to_simplified():
+    import opencc
+
+    return opencc.OpenCC("t2s")
+
+
+def _simplified(text: str) -> str:
+    return _traditional_to_simplified().convert(text)
 
 
 def is_chinese(text: str) -> bool:
@@ -79,7 +114,7 @@ def is_chinese(text: str) -> bool:
 
 
 def decode_bytes(raw: bytes) -> str:
-    """Decode a text file: BOMs, UTF-16 by its NULs, strict UTF-8, then GB18030 or cp1252/Latin-1."""
+    """Decode a text file: BOMs, UTF-16 by its NULs, strict UTF-8, GB18030 or cp1252/Latin-1, then a guess."""
     if raw.startswith(b"\xef\xbb\xbf"):
         return raw[3:].decode("utf-8", errors="strict")
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
@@ -98,6 +133,14 @@ def decode_bytes(raw: bytes) -> str:
         raise DocumentError(
             f"invalid UTF-8 at byte {first_bad} (the rest is UTF-8): the file is damaged; re-save it as UTF-8"
         )
+    try:
+        return _legacy(raw)
+    except DocumentError as refused:
+        return _guessed(raw, refused)
+
+
+def _legacy(raw: bytes) -> str:
+    """Text that is not UTF-8: Western single-byte or GB18030 Chinese, by the byte patterns."""
     if _single_byte_letters(raw):
         return _western(raw)
     try:
@@ -109,6 +152,36 @@ def decode_bytes(raw: bytes) -> str:
     plausible = _CJK.search(text) or all(_GB_SYMBOLS.match(ch) for ch in text if ord(ch) > 127)
     if not plausible or not _readable(text):
         raise DocumentError("not valid UTF-8, and does not read as GB18030 Chinese text")
+    if _CJK.search(text):
+        # Shift-JIS pairs are valid GB18030 too, as strings of rare characters (今日は -> 崱擔偼).
+        japanese = _guess(raw, _JAPANESE_ENCODINGS)
+        if japanese is not None and len(_KANA.findall(str(japanese))) >= 0.1 * len(_CJK.findall(text)):
+            return str(japanese)
+    return text
+
+
+# charset-normalizer's bar on "mess" (odd letter and symbol mixes, 0..1), stricter than its default
+# 0.2: control bytes read as a Cyrillic code page score 0.07 and are refused; real text scores ~0.
+_MAX_CHAOS = 0.05
+_JAPANESE_ENCODINGS = ["cp932", "shift_jis", "euc_jp"]
+_KANA = re.compile(r"[\u3040-\u30ff]")
+
+
+def _guess(raw: bytes, encodings: list[str] | None = None):
+    """charset-normalizer's best reading of `raw` (among `encodings`), or None."""
+    from charset_normalizer import from_bytes
+
+    return from_bytes(raw, cp_isolation=encodings, threshold=_MAX_CHAOS).best()
+
+
+def _guessed(raw: bytes, refused: DocumentError) -> str:
+    """The statistical guess for what the rules refused: Big5, Cyrillic and other code pages."""
+    best = _guess(raw)
+    if best is None:
+        raise refused
+    text = str(best)
+    if not _readable(text):
+        raise DocumentError(f"{refused}; read as {best.encoding} it is not text either")
     return text
 
 

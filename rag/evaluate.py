@@ -21,7 +21,6 @@ from pathlib import Path
 
 from rag.answer import check_citations
 from rag.assistant import Assistant
-from rag.documents import normalize
 
 PRIMARY_METRIC = "answer_accuracy"
 HIT_DEPTHS = (1, 3, 5, 10)
@@ -85,11 +84,7 @@ def evaluate_row(assistant: Assistant, row: dict) -> dict:
     doc_rank = next((i + 1 for i, h in enumerate(retrieval.hits) if h.chunk.doc_id in gold_docs), None)
     gold_norm = [normalize_answer(a) for a in row["answers"]]
     evidence_rank = next(
-        (
-            i + 1
-            for i, h in enumerate(retrieval.hits)
-            if any(g in normalize_answer(normalize(h.chunk.text)) for g in gold_norm)
-        ),
+        (i + 1 for i, h in enumerate(retrieval.hits) if any(g in normalize_answer(h.chunk.text) for g in gold_norm)),
         None,
     )
     contains = answerable and not answer.abstained and contains_gold(answer.answer, row["answers"], row["match"])

@@ -42,6 +42,10 @@ from rag.store import BACKENDS, VectorStore, choose_index_type, load_store, stor
 
 # 2: chunk terms include pinyin and joined names (rag.crosslingual); 3: the BM25 matrix is saved
 FORMAT_VERSION = 3
+# How text becomes chunks and search terms; an index made another way is rebuilt on refresh, since
+# its stored chunks and vectors would not match a question's. 1: Traditional Chinese searched as
+# Simplified (rag.documents.normalize); 2: sentences by Blingfire, hard-wrapped lines joined.
+TEXT_VERSION = 2
 
 
 def _files(backend: str = "faiss") -> tuple[str, ...]:
@@ -519,10 +523,14 @@ def _rebuild_reason(old: dict | None, settings: Settings, embedder: Embedder) ->
         check_compatible(old, embedder.name, embedder.dim)
     except IndexMismatchError:
         return f"embedding model changed from {old.get('model', {}).get('name')!r} to {embedder.name!r}"
-    chunking = {"max_tokens": settings.chunk_tokens, "overlap": settings.chunk_overlap}
+    chunking = _chunking(settings)
     if old.get("chunking") != chunking:
         return f"chunking settings changed from {old.get('chunking')} to {chunking}"
     return None
+
+
+def _chunking(settings: Settings) -> dict:
+    return {"max_tokens": settings.chunk_tokens, "overlap": settings.chunk_overlap, "text": TEXT_VERSION}
 
 
 def refresh_index(
@@ -675,7 +683,7 @@ def _plan_and_write(
     manifest = {
         "format": FORMAT_VERSION,
         "model": {"name": embedder.name, "dimension": embedder.dim, "normalized": True},
-        "chunking": {"max_tokens": settings.chunk_tokens, "overlap": settings.chunk_overlap},
+        "chunking": _chunking(settings),
         "versions": _versions(),
         "created": old.manifest["created"] if old else now,
         "updated": now,

@@ -76,8 +76,9 @@ _FULL_DATE = re.compile(
     r"|\d{4}\s*年\s*\d{1,2}\s*月(?:\s*\d{1,2}\s*日)?|\d{1,2}\s*月\s*\d{1,2}\s*日|\d{4}\s*年"
     r"|\b\d{1,2}(?:st|nd|rd|th) century\b|\d{1,2}\s*世纪|\b1\d{3}s?\b|\b20\d{2}s?\b"
 )
-# A number with what it counts, for the lead answer: "585", "6½", "1.2 million", "27 分".
-_LEAD_NUMBER = re.compile(r"\d+(?:[.,]\d+)*½?(?:\s*(?:million|billion|thousand|万|亿|%|％))?")
+# A number with what it counts, for the lead answer: "585", "6½", "1.2 million", "27 分". The lead is
+# read from the text as written, so Traditional 萬 and 億 too.
+_LEAD_NUMBER = re.compile(r"\d+(?:[.,]\d+)*½?(?:\s*(?:million|billion|thousand|万|亿|萬|億|%|％))?")
 _CAPITALISED = re.compile(r"\b[A-Z][a-zà-ÿ]+(?:[ -][A-Z][a-zà-ÿ]+)*")
 _CHINESE_NAME = re.compile(r"[\u3400-\u9fff]+[·•・][\u3400-\u9fff]+|《[^》]+》")
 # Header and byline lines: "发布时间:2023-06-07 16:36:13 来源:...", "Updated on 2024-01-29", "(Reporter ...)".

@@ -147,7 +147,6 @@ def synthetic_unanswerables(rows: list[dict], sentences_by_doc: dict[str, list[s
 
 def collect(dataset: Dataset, cache_dir: Path, synthetic: bool = True) -> list[dict]:
     """One record per question: its candidates' features and labels."""
-    from rag.documents import normalize
     from rag.embeddings import load_embedder
     from rag.indexing import load_index, refresh_index
     from rag.rerank import load_judge
@@ -179,7 +178,7 @@ def collect(dataset: Dataset, cache_dir: Path, synthetic: bool = True) -> list[d
         gold = [normalize_answer(a) for a in row["answers"]]
         docs = set(row["doc_ids"])
         labels = [
-            bool(gold) and c.hit.chunk.doc_id in docs and any(g in normalize_answer(normalize(c.text)) for g in gold)
+            bool(gold) and c.hit.chunk.doc_id in docs and any(g in normalize_answer(c.text) for g in gold)
             for c in candidates
         ]
         group = row["doc_ids"][0] if row["doc_ids"] else f"none-{row['id']}"

@@ -3,9 +3,12 @@
 A thin layer: rag.assistant answers (one per collection, rag.collection.Library), rag.chat turns
 answers into safe HTML and follow-ups into standalone queries, rag.history keeps conversations
 and feedback, rag.auth checks logins; this module only lays out the page and wires events.
-Trade-off: the answer is computed whole and then streamed to the page, so streaming shows
-progress but does not make the first word arrive sooner. Gradio is imported only when a page
-is built: importing this module stays cheap for `rag --help` and the tests that drive the handlers.
+An extractive answer is shown whole as soon as it is found; an LLM's reply streams token by token
+as the server sends it. rag.upload stores files dropped on the page, and on first start the page
+is served at once while the index builds (rag.collection.Library.prepare). Trade-off: a question
+sent while an answer streams waits for it (Gradio's "always_last"), and only the latest one
+waits. Gradio is imported only when a page is built: importing this module stays cheap for
+`rag --help` and the tests that drive the handlers.
 No `from __future__ import annotations` here: Gradio finds the `gr.Request` it passes to a
 handler by the handler's evaluated annotations, and `gr` is imported inside build_app.
 
@@ -19,7 +22,6 @@ import os
 import sqlite3
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,14 +40,16 @@ from rag.chat import (
     page_image_html,
     quoted_spans,
     sources_html,
-    stream_answer,
 )
 from rag.collection import DEFAULT, CollectionError, Library, get, visible_to
 from rag.config import Settings
+from rag.documents import iter_document_paths
+from rag.formats import SUFFIXES
 from rag.history import History, NotFound
 from rag.history import default_path as history_path
 from rag.indexing import IndexError_, read_manifest
 from rag.preview import page_preview
+from rag.upload import UploadError, corpus_for_upload, remove, store
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -57,9 +61,6 @@ EXAMPLES = [
     "Who is the chairman of the board of Huali Group Co., Ltd.?",
     "嘉兴市政协主席高玲慧提出了什么建议?",
 ]
-STREAM_STEPS = 24
-STREAM_DELAY_S = 0.02  # between streamed steps: visible progress, about half a second in all
-
 # Our own script, not document text: scrolls the opened document to its first quoted sentence.
 SCROLL_TO_FIRST_MARK = """
 watch('value', () => {
@@ -69,9 +70,8 @@ watch('value', () => {
 });
 """
 CSS = """
-.cite { display: inline-block; padding: 0 .3em; border-radius: .35em; font-size: .8em; font-weight: 600;
-        background: #ccfbf1; color: #115e59; font-variant-numeric: tabular-nums; }
-sup.cite { cursor: help; }
+.cite { display: inline-block; line-height: 1.3; padding: 0 .3em; border-radius: .35em; font-size: .8em;
+        font-weight: 600; background: #ccfbf1; color: #115e59; font-variant-numeric: tabular-nums; }
 .cite-list { font-size: .85em; color: #475569; }
 code.doc-id { font-size: .85em; }
 .sources, .doc-view, .index-info { font-size: .92em; }
@@ -85,6 +85,26 @@ code.doc-id { font-size: .85em; }
 /* pre-line keeps the documents' line breaks but drops their indentation */
 .src-text, .doc-text { white-space: pre-line; line-height: 1.5; }
 .doc-text { position: relative; max-height: 420px; overflow-y: auto; border-top: 1px solid #e2e8f0; padding-top: .4em; }
+.src-relevance { font-size: .85em; color: #115e59; }
+.src-details { color: #64748b; font-size: .8em; }
+sup.cite { cursor: pointer; }
+@keyframes src-flash { from { background: #fde68a; } to { background: transparent; } }
+.src-card.flash { animation: src-flash 1.6s ease-out; outline: 2px solid #14b8a6; }
+#startup .starting { background: #f0fdfa; border: 1px solid #99f6e4; border-radius: .5em; padding: .5em .8em; }
+#startup .failed { background: #fff7ed; border: 1px solid #fdba74; border-radius: .5em; padding: .5em .8em; }
+.upload-report li.refused { color: #9a3412; }
+/* On a phone the two columns stack: the chat column's parts become items of the row, so the
+   sources can sit right under the answer instead of under the input box and the examples. */
+@media (max-width: 720px) {
+  #main-row { flex-direction: column; }
+  #chat-column, #sources-column { display: contents; }
+  #chat-column > *, #sources-column > * { order: 5; }
+  #main-row #chat { order: 1; }
+  #main-row #sources { order: 2; }
+  #main-row #hint { order: 3; }
+  #main-row #comment-row, #main-row #ask-row { order: 4; }
+  #chat, #sources, #hint, #comment-row, #ask-row, #examples { width: 100%; }
+}
 .sources mark, .doc-view mark { background: #fde68a; padding: 0 .1em; border-radius: .2em; }
 .page-image img { max-width: 100%; border: 1px solid #e2e8f0; margin-top: .4em; }
 .index-info table { width: 100%; border-collapse: collapse; border: none; }
@@ -93,10 +113,87 @@ code.doc-id { font-size: .85em; }
 #hint .hint { color: #9a3412; margin: .2em 0; }
 """
 
-# No allowed_paths: the page serves no files of ours; documents reach it only as escaped text.
-# Gradio accepts uploads on /gradio_api/upload even without an upload component: the chat takes
-# no files, so any non-empty one is refused. The traffic summary (/monitoring/summary) is off.
-SECURE_LAUNCH = {"max_file_size": 0, "enable_monitoring": False}
+# Our own script, run once when the page loads (launch(js=...)); it touches only our elements.
+# - `[n]` in an answer scrolls to its source card and flashes it.
+# - Copy puts the answer as the reader sees it on the clipboard (text, [n], the numbered source
+#   list), not the message's markup: Gradio's own copy writes the stored HTML.
+# - A message's aria-label is its text, not its markup, so a screen reader does not read tags.
+PAGE_JS = r"""
+() => {
+  const number = (el) => (el.textContent || '').replace(/[^0-9]/g, '');
+  const messageOf = (button) => {
+    // Gradio puts a message's buttons in a sibling after its row: the row just before them.
+    let row = button.closest('[class*="message-buttons"]');
+    while (row && !row.matches('.message-row')) row = row.previousElementSibling;
+    return row && row.querySelector('.message-content');
+  };
+  window.ragCopied = null;
+  document.addEventListener('click', (event) => {
+    const target = event.target instanceof Element ? event.target : null;
+    if (!target) return;
+    const cite = target.closest('#chat sup.cite');
+    if (cite) {
+      const card = [...document.querySelectorAll('#sources .src-card')]
+        .find((c) => number(c.querySelector('.cite') || c) === number(cite));
+      if (card) {
+        card.scrollIntoView({block: 'center'});
+        card.classList.remove('flash');
+        void card.offsetWidth;  // restart the animation on a second click
+        card.classList.add('flash');
+      }
+      return;
+    }
+    const button = target.closest('#chat button');
+    const label = button && (button.getAttribute('aria-label') || button.title || '');
+    if (button && /^copy/i.test(label) && !/all|conversation/i.test(label)) {
+      const message = messageOf(button);
+      if (!message) return;
+      event.stopPropagation();
+      event.preventDefault();
+      const text = message.innerText.replace(/\n{3,}/g, '\n\n').trim();
+      window.ragCopied = text;
+      if (navigator.clipboard) navigator.clipboard.writeText(text).catch(() => {});
+    }
+  }, true);
+  const plainLabels = () => {
+    for (const el of document.querySelectorAll('#chat [data-testid="bot"], #chat [data-testid="user"]')) {
+      const label = el.getAttribute('aria-label') || '';
+      const at = label.indexOf('message: ');
+      const text = (el.textContent || '').replace(/\s+/g, ' ').trim();
+      const plain = label.slice(0, at + 9) + text;
+      if (at >= 0 && text && label !== plain) el.setAttribute('aria-label', plain);
+    }
+  };
+  new MutationObserver(plainLabels).observe(document.body, {subtree: true, childList: true, attributes: true,
+    attributeFilter: ['aria-label']});
+}
+"""
+
+
+# Run in the page as a question is sent, before it goes to the server: empties the box at once, so
+# nothing typed after pressing Enter is lost to a late "clear" from the server. Gradio runs it when
+# the event runs, so a question deferred behind the current answer is read from the box first.
+CLEAR_ON_SEND = """
+(...args) => {
+  const box = document.querySelector('#question textarea');
+  if (box && box.value) {
+    box.value = '';
+    box.dispatchEvent(new Event('input', {bubbles: true}));
+  }
+  return args;
+}
+"""
+
+
+def launch_options(settings: Settings) -> dict:
+    """Gradio's launch settings that keep the app safe to serve.
+
+    No allowed_paths: the page serves no files of ours; documents reach it only as escaped text.
+    Gradio's /gradio_api/upload takes files for the upload box into its own temporary folder;
+    anything over the upload limit is refused there, before rag.upload checks and stores it. The
+    traffic summary (/monitoring/summary) is off.
+    """
+    return {"max_file_size": int(settings.max_upload_mb * 2**20), "enable_monitoring": False}
 
 
 def _user(request: "gr.Request | None") -> str | None:
@@ -106,6 +203,22 @@ def _user(request: "gr.Request | None") -> str | None:
 
 def _hint(text: str) -> str:
     return f'<p class="hint" role="alert">{escape_html(text)}</p>' if text else ""
+
+
+def _upload_report(stored: list[str], refused: list[tuple[str, str]], report) -> str:
+    """What happened to each dropped file, and what the refresh then skipped, with reasons."""
+    items = [f'<li class="stored">✓ {escape_html(name)}</li>' for name in stored]
+    items += [
+        f'<li class="refused">✗ {escape_html(name)}: {escape_html(why.removeprefix(name + ": "))}</li>'
+        for name, why in refused
+    ]
+    items += [
+        f'<li class="refused">✗ {escape_html(e.doc_id)} was stored but not indexed: {escape_html(e.reason)}</li>'
+        for e in (report.skipped if report is not None else [])
+        if e.doc_id in stored
+    ]
+    summary = f"<p>{escape_html(report.summary())}</p>" if report is not None else ""
+    return f'<div class="upload-report"><ul>{"".join(items)}</ul>{summary}</div>'
 
 
 def conversation_choices(history: History, user: str | None, collection: str) -> list[tuple[str, int]]:
@@ -121,6 +234,7 @@ def build_app(library: Library, history: History, collection: str = DEFAULT) -> 
 
     keep = gr.skip()
     empty_sources = sources_html(None)
+    upload_mb = library.base.max_upload_mb if hasattr(library, "base") else Settings().max_upload_mb
 
     def fresh_conversation():
         """Outputs of a conversation not started yet: no messages, no sources, no follow-up context."""
@@ -142,8 +256,9 @@ def build_app(library: Library, history: History, collection: str = DEFAULT) -> 
         """
         user = _user(request)
 
-        def refuse(text: str, restore: str | None = None):
-            return (restore if restore is not None else keep, keep, keep, keep, keep, keep, _hint(text)) + (keep,) * 3
+        def refuse(text: str):
+            # The page emptied the box when the question was sent (CLEAR_ON_SEND): put it back to be fixed.
+            return (message, keep, keep, keep, keep, keep, _hint(text)) + (keep,) * 3
 
         if not (message or "").strip():
             yield refuse("Type a question first. · 请先输入问题。")
@@ -155,7 +270,9 @@ def build_app(library: Library, history: History, collection: str = DEFAULT) -> 
             yield refuse(str(exc))
             return
         chat = [*chat, {"role": "user", "content": escape_markdown(question)}, {"role": "assistant", "content": "…"}]
-        yield ("", chat, keep, keep, keep, keep, "") + (keep,) * 3
+        # The page emptied the box as the question was sent; no update from here touches it, so what
+        # the user types meanwhile stays (and is asked next if they press Enter).
+        yield (keep, chat, keep, keep, keep, keep, "") + (keep,) * 3
         language = language_of(question)
         answer, draft = None, ""
         try:
@@ -165,17 +282,14 @@ def build_app(library: Library, history: History, collection: str = DEFAULT) -> 
                 if isinstance(item, str):
                     draft += item
                     chat[-1] = {"role": "assistant", "content": draft_message(draft, language)}
-                    yield ("", chat) + (keep,) * 8
+                    yield (keep, chat) + (keep,) * 8
                 else:
                     answer = item
         except (QuestionError, IndexError_) as exc:
-            yield refuse(str(exc), restore=message)[:1] + (chat[:-2],) + refuse(str(exc))[2:]
+            yield refuse(str(exc))[:1] + (chat[:-2],) + refuse(str(exc))[2:]
             return
-        final = format_answer(answer)
-        for partial in [final] if draft else stream_answer(answer, STREAM_STEPS):
-            chat[-1] = {"role": "assistant", "content": partial}
-            yield ("", chat) + (keep,) * 8
-            time.sleep(STREAM_DELAY_S)
+        final = format_answer(answer)  # shown whole, with its sources, in the update below
+        chat[-1] = {"role": "assistant", "content": final}
         hint, saved = "", None
         try:
             if conversation is None:
@@ -188,7 +302,7 @@ def build_app(library: Library, history: History, collection: str = DEFAULT) -> 
         picker = gr.update(choices=document_choices(assistant.index), value=cited[0] if cited else None)
         listed = gr.update(choices=conversation_choices(history, user, name), value=conversation)
         yield (
-            "",
+            keep,
             chat,
             sources_html(answer, asked=question),
             picker,
@@ -330,11 +444,19 @@ def build_app(library: Library, history: History, collection: str = DEFAULT) -> 
         return document_html(doc_id, title, text, quoted) + (page_image_html(preview) if preview else "")
 
     def show_index(name: str, request: gr.Request):
+        """Outputs: the index panel, the document picker."""
         try:
             index = library.assistant(name, _user(request)).index
         except (CollectionError, IndexError_, FileNotFoundError) as exc:
             return _hint(str(exc)), gr.update(choices=[], value=None)
-        return index_html(index.manifest), gr.update(choices=document_choices(index))
+        note = ""
+        if name == DEFAULT:
+            note = (
+                '<p class="upload-note">The default collection is the bundled (or --corpus) folder: to add '
+                "documents from this page, create a collection (<code>rag collection create NAME</code>) "
+                "and upload into it. · 默认文档集不能上传，请先创建文档集。</p>"
+            )
+        return note + index_html(index.manifest), gr.update(choices=document_choices(index), value=None)
 
     def refresh(name: str, request: gr.Request, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio's idiom)
         progress(0, desc="Reading documents, embedding what changed…")
@@ -345,6 +467,85 @@ def build_app(library: Library, history: History, collection: str = DEFAULT) -> 
         summary = report.summary() if report.changed or report.skipped else "The index is up to date."
         return *show_index(name, request), summary
 
+    def upload(paths: list[str] | None, name: str, request: gr.Request, progress=gr.Progress()):  # noqa: B008
+        """Store the dropped files in the collection's folder, one by one, then refresh its index.
+
+        Outputs: the upload report, the upload box (emptied), the index panel, the delete picker.
+        Each file is stored or refused on its own, with its reason; the refresh runs once after them.
+        """
+        paths = [Path(p) for p in paths or []]
+        user = _user(request)
+        if not paths:
+            return keep, keep, keep, keep
+        try:
+            target = corpus_for_upload(library.collection(name, user), library.base)
+            library.assistant(name, user)  # not built yet (first start): say so before storing anything
+        except (UploadError, CollectionError, IndexError_, FileNotFoundError) as exc:
+            return _upload_report([], [(p.name, str(exc)) for p in paths], None), None, keep, keep, keep
+        stored, refused = [], []
+        limit = int(library.base.max_upload_mb * 2**20)
+        for i, path in enumerate(paths):
+            progress((i, len(paths)), desc=f"Storing {path.name}", unit="files")
+            try:
+                if path.stat().st_size > limit:  # before reading it into memory
+                    raise UploadError(f"{path.name} is over the {library.base.max_upload_mb:g} MB limit")
+                stored.append(store(target, path.name, path.read_bytes(), limit).name)
+            except (UploadError, OSError) as exc:
+                refused.append((path.name, str(exc)))
+        report = None
+        if stored:
+            progress((len(paths), len(paths)), desc="Indexing the new documents…")
+            try:
+                report = library.assistant(name, user).refresh()
+            except (OSError, ValueError, RuntimeError, CollectionError) as exc:
+                refused.append(("(index)", f"stored, but the refresh failed; answering from the previous index: {exc}"))
+        panel, docs = show_index(name, request)
+        return _upload_report(stored, refused, report), None, panel, docs, docs
+
+    def ask_delete(doc_id: str | None, name: str, request: gr.Request):
+        """First step of deleting a document: name it and show the confirmation. Outputs: status, confirm row."""
+        if not doc_id:
+            return _hint("Choose a document to delete first."), gr.update(visible=False)
+        try:
+            corpus_for_upload(library.collection(name, _user(request)), library.base)
+        except (UploadError, CollectionError) as exc:
+            return _hint(str(exc)), gr.update(visible=False)
+        question = f"Delete {doc_id} from the collection {name}? Its file is removed from the folder. · 确定删除?"
+        return f'<p class="confirm">{escape_html(question)}</p>', gr.update(visible=True)
+
+    def delete_document(doc_id: str | None, name: str, request: gr.Request):
+        """Outputs: status, confirm row, index panel, delete picker."""
+        user = _user(request)
+        try:
+            target = corpus_for_upload(library.collection(name, user), library.base)
+            if not doc_id:
+                raise UploadError("Choose a document to delete first.")
+            remove(target, doc_id)
+            report = library.assistant(name, user).refresh(allow_empty=True)
+        except (UploadError, CollectionError, OSError, ValueError, RuntimeError) as exc:
+            return _hint(str(exc)), gr.update(visible=False), keep, keep, keep
+        done = f"Deleted {doc_id}. {report.summary()}"
+        panel, docs = show_index(name, request)
+        return f"<p>{escape_html(done)}</p>", gr.update(visible=False), panel, docs, docs
+
+    def startup_status(name: str, request: gr.Request):
+        """First start: how far the index build is. Outputs: banner, timer, index panel, picker, delete picker.
+
+        Polled every second until the collection answers; then the banner goes, the timer stops,
+        and the panels that waited for the index are filled.
+        """
+        status = library.status(name) if hasattr(library, "status") else None
+        if status is not None:
+            text = f"Building the index: {status}. Questions are answered when it is ready. · 正在建立索引……"
+            return f'<p class="starting" role="status">{escape_html(text)}</p>', keep, keep, keep, keep
+        failed = library.failure(name) if hasattr(library, "failure") else None
+        panel, doc_picker = show_index(name, request)
+        if failed:
+            text = f"The index could not be built: {failed}"
+            return f'<p class="failed" role="alert">{escape_html(text)}</p>', gr.update(active=False), panel, keep, keep
+        # An empty marker, so a test (or a script) can tell "ready" from "not polled yet".
+        return '<div class="index-ready"></div>', gr.update(active=False), panel, doc_picker, doc_picker
+
     # analytics_enabled=False: offline means no telemetry and no version check against PyPI.
     with gr.Blocks(title="Ask your documents · 问你的文档", analytics_enabled=False) as demo:
         asked = gr.State([])  # the user's questions as typed: what follow-ups are read against
@@ -353,8 +554,14 @@ def build_app(library: Library, history: History, collection: str = DEFAULT) -> 
         message_ids = gr.State([])  # the saved id of each answer in the chat, for 👍/👎
         rated = gr.State(None)  # the answer the comment box is about
         with gr.Sidebar(label="Conversations", elem_id="sidebar"):
+            # Custom values: the page lists only the collections a user may see (load_page), so an API
+            # client never got the others as choices; every handler checks access by name anyway.
             picker_collection = gr.Dropdown(
-                choices=[collection], value=collection, label="Collection · 文档集", elem_id="collection"
+                choices=[collection],
+                value=collection,
+                label="Collection · 文档集",
+                elem_id="collection",
+                allow_custom_value=True,
             )
             new_chat = gr.Button("New conversation · 新对话", size="sm", variant="secondary", elem_id="new-chat")
             conversations = gr.Radio(choices=[], label="Conversations · 对话", elem_id="conversations")
@@ -362,6 +569,8 @@ def build_app(library: Library, history: History, collection: str = DEFAULT) -> 
                 rename_box = gr.Textbox(placeholder="New title · 新标题", show_label=False, scale=3, elem_id="title")
                 rename_btn = gr.Button("Rename", size="sm", scale=1, min_width=60, elem_id="rename")
             delete_btn = gr.Button("Delete conversation · 删除", size="sm", variant="stop", elem_id="delete-chat")
+        startup = gr.HTML("", elem_id="startup")
+        startup_timer = gr.Timer(1.0)
         gr.Markdown(
             "## Ask your documents · 问你的文档\n"
             "Answers quote your documents and cite them; nothing leaves this machine. "
@@ -369,8 +578,8 @@ def build_app(library: Library, history: History, collection: str = DEFAULT) -> 
         )
         with gr.Tabs():
             with gr.Tab("Chat · 问答"):
-                with gr.Row(equal_height=False):
-                    with gr.Column(scale=5):
+                with gr.Row(equal_height=False, elem_id="main-row"):
+                    with gr.Column(scale=5, elem_id="chat-column"):
                         chatbot = gr.Chatbot(
                             label="Chat",
                             show_label=False,
@@ -394,7 +603,7 @@ def build_app(library: Library, history: History, collection: str = DEFAULT) -> 
                                 max_lines=3,
                             )
                             send_comment_btn = gr.Button("Send · 发送", scale=1, elem_id="send-comment")
-                        with gr.Row():
+                        with gr.Row(elem_id="ask-row"):
                             question = gr.Textbox(
                                 placeholder="Ask a question · 输入问题",
                                 show_label=False,
@@ -402,9 +611,10 @@ def build_app(library: Library, history: History, collection: str = DEFAULT) -> 
                                 elem_id="question",
                                 max_lines=4,
                             )
-                            send = gr.Button("Ask · 提问", variant="primary", scale=1, elem_id="ask")
-                        examples = gr.Examples(EXAMPLES, inputs=question, label="Examples · 示例")
-                    with gr.Column(scale=4):
+                            send = gr.Button("Ask · 提问", variant="primary", scale=0, min_width=110, elem_id="ask")
+                            stop = gr.Button("Stop · 停止", variant="stop", scale=0, min_width=90, elem_id="stop")
+                        examples = gr.Examples(EXAMPLES, inputs=question, label="Examples · 示例", elem_id="examples")
+                    with gr.Column(scale=4, elem_id="sources-column"):
                         sources = gr.HTML(empty_sources, elem_id="sources", label="Sources")
                         gr.Markdown("**Full document · 全文**")
                         with gr.Row(equal_height=True):
@@ -414,6 +624,27 @@ def build_app(library: Library, history: History, collection: str = DEFAULT) -> 
                             open_btn = gr.Button("Open · 打开", scale=1, min_width=100, elem_id="open-doc")
                         viewer = gr.HTML("", elem_id="document", js_on_load=SCROLL_TO_FIRST_MARK)
             with gr.Tab("Index · 索引"):
+                gr.Markdown(
+                    "**Add documents · 上传文档** to the chosen collection: "
+                    f"{', '.join(sorted(SUFFIXES))}; up to {upload_mb:g} MB each."
+                )
+                upload_box = gr.File(
+                    file_count="multiple",
+                    file_types=sorted(SUFFIXES),
+                    label="Drop files here or click to choose · 拖放或选择文件",
+                    elem_id="upload",
+                    height=140,
+                )
+                upload_report = gr.HTML("", elem_id="upload-report")
+                with gr.Row(equal_height=True):
+                    delete_pick = gr.Dropdown(
+                        choices=[], show_label=False, container=False, scale=4, elem_id="delete-pick"
+                    )
+                    delete_ask = gr.Button("Delete document · 删除文档", variant="stop", scale=1, elem_id="delete-doc")
+                with gr.Row(visible=False, elem_id="delete-confirm") as delete_confirm:
+                    delete_yes = gr.Button("Yes, delete it · 确认删除", variant="stop", elem_id="delete-yes")
+                    delete_no = gr.Button("Cancel · 取消", elem_id="delete-no")
+                delete_status = gr.HTML("", elem_id="delete-status")
                 index_panel = gr.HTML("", elem_id="index-panel")
                 gr.Markdown(
                     "Refreshing re-reads the collection's folder and embeds only what changed. "
@@ -428,9 +659,20 @@ def build_app(library: Library, history: History, collection: str = DEFAULT) -> 
         opened = [chatbot, asked, message_ids, conversation, sources, spans, viewer, hint]
         # The chat runs in the default concurrency group; the refresh gets its own single slot,
         # so a long re-embedding never takes the chat's slots and answers keep coming meanwhile.
-        send.click(respond, ask_inputs, outputs)
-        question.submit(respond, ask_inputs, outputs)
-        examples.load_input_event.then(respond, ask_inputs, outputs)  # a click asks it
+        # One event for the button and Enter: a question sent while an answer is being written waits
+        # for it and is asked next ("always_last"), rather than being dropped or answered at once
+        # into the same chat.
+        asking = gr.on(
+            [send.click, question.submit],
+            respond,
+            ask_inputs,
+            outputs,
+            trigger_mode="always_last",
+            js=CLEAR_ON_SEND,
+        )
+        from_example = examples.load_input_event.then(respond, ask_inputs, outputs, js=CLEAR_ON_SEND)  # a click asks it
+        # Stop ends the answer being written; the chat keeps what was shown, and nothing is saved.
+        stop.click(None, None, None, cancels=[asking, from_example])
         open_btn.click(open_document, [picker, spans, picker_collection], viewer)
         # .input, not .change: only the user's own choice, not the lists this code updates.
         conversations.input(open_conversation, [conversations, picker_collection], opened)
@@ -452,8 +694,37 @@ def build_app(library: Library, history: History, collection: str = DEFAULT) -> 
             concurrency_limit=1,
             concurrency_id="refresh",
         )
+        documents = [index_panel, picker, delete_pick]
+        upload_box.upload(
+            upload,
+            [upload_box, picker_collection],
+            [upload_report, upload_box, *documents],
+            concurrency_limit=1,
+            concurrency_id="refresh",
+        )
+        delete_ask.click(ask_delete, [delete_pick, picker_collection], [delete_status, delete_confirm])
+        delete_no.click(lambda: ("", gr.update(visible=False)), None, [delete_status, delete_confirm])
+        delete_yes.click(
+            delete_document,
+            [delete_pick, picker_collection],
+            [delete_status, delete_confirm, *documents],
+            concurrency_limit=1,
+            concurrency_id="refresh",
+        )
+        startup_timer.tick(
+            startup_status, picker_collection, [startup, startup_timer, *documents], show_progress="hidden"
+        )
         demo.load(load_page, None, [picker_collection, *opened, conversations, index_panel, picker])
     return demo
+
+
+def _open_later(library: Library, first: threading.Thread, name: str, prog: str) -> None:
+    """Open collection `name` once the default one is ready (they share its embedder)."""
+    first.join()
+    try:
+        library.assistant(name, None)
+    except (CollectionError, FileNotFoundError, OSError, ValueError, RuntimeError) as exc:  # shown again in the page
+        print(f"{prog}: warning: collection {name!r}: {exc}", file=sys.stderr)
 
 
 def is_loopback(host: str) -> bool:
@@ -504,32 +775,35 @@ def main(argv: list[str] | None = None, settings: Settings | None = None, prog: 
     except CollectionError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 1
-    assistant = Assistant(get(DEFAULT).settings(base))
-    try:
-        report = assistant.ensure_index()
-    except FileNotFoundError as exc:  # the corpus folder is missing or empty (an unmounted drive?)
-        if read_manifest(assistant.settings.index_dir) is None:
-            print(f"{prog}: cannot build the index: {exc}", file=sys.stderr)
+    default_settings = get(DEFAULT).settings(base)
+    has_index = read_manifest(default_settings.index_dir) is not None
+    corpus = default_settings.corpus_dir
+    if not corpus.is_dir() or next(iter_document_paths(corpus), None) is None:
+        problem = f"the corpus folder {corpus} {'is empty' if corpus.is_dir() else 'does not exist'}"
+        if not has_index:
+            print(f"{prog}: cannot build the index: {problem}", file=sys.stderr)
             return 1
         # As `rag ask` does: the index still answers, and is kept for when the folder is back.
-        print(f"{prog}: warning: {str(exc).rstrip('.')}; answering from the existing index", file=sys.stderr)
-        report = None
-    except (OSError, ValueError, RuntimeError) as exc:
-        print(f"{prog}: cannot build the index: {exc}", file=sys.stderr)
-        return 1
-    if report is not None:
-        print(f"index refreshed: {report.summary()}", file=sys.stderr)
+        print(f"{prog}: warning: {problem}; answering from the existing index", file=sys.stderr)
     try:
         history = History()
     except (OSError, sqlite3.Error) as exc:
         print(f"{prog}: cannot open the conversation history {history_path()}: {exc}", file=sys.stderr)
         return 1
-    library = Library(base, assistant)
-    if start.name != DEFAULT:
-        try:
-            library.assistant(start.name, None)
-        except (FileNotFoundError, OSError, ValueError, RuntimeError) as exc:  # shown again in the page
-            print(f"{prog}: warning: collection {start.name!r}: {exc}", file=sys.stderr)
+    library = Library(base)
+
+    def build(report) -> Assistant:
+        """The default collection's Assistant with its index current, then warmed up (a thread's work)."""
+        report("loading the embedding model")
+        assistant = Assistant(default_settings)
+        if corpus.is_dir() and next(iter_document_paths(corpus), None) is not None:
+            report("reading the documents and embedding what changed")
+            refreshed = assistant.ensure_index()
+            if refreshed is not None:
+                print(f"index refreshed: {refreshed.summary()}", file=sys.stderr)
+        report("loading the index and the answer judge")
+        assistant.warm_up()  # what the first question would wait for
+        return assistant
 
     # No cyclic garbage collection while starting: its passes over the objects Gradio's import
     # creates took 0.55-0.7 s of a 2.1-3.0 s import; it is back on once the page is served.
@@ -539,10 +813,10 @@ def main(argv: list[str] | None = None, settings: Settings | None = None, prog: 
 
     demo = build_app(library, history, start.name)
     # Chosen from bench/load.py (20 simulated users, 2 cores; bench/RESULTS.md "Load"): with 2
-    # answers at a time one core idled, since each answer holds its slot ~0.5 s while it streams;
-    # 4 raised throughput from 3.1 to 5.4 answers/s. A queue of 16 refused a third of the requests
-    # of 20 users (and the Refresh button, which shares it); 64 refused none and still bounds the
-    # wait (~13 s when full) so overload gets a clear "queue is full" rather than a hung chat.
+    # answers at a time one core idled while each answer held its slot ~0.5 s replaying its
+    # "typing" (gone since); 4 raised throughput from 3.1 to 5.4 answers/s. A queue of 16 refused
+    # a third of the requests of 20 users (and the Refresh button, which shares it); 64 refused
+    # none and still bounds the wait so overload gets a clear "queue is full" rather than a hung chat.
     demo.queue(default_concurrency_limit=4, max_size=64)
     theme = gr.themes.Soft(primary_hue="teal", neutral_hue="slate")
     demo.launch(
@@ -554,13 +828,17 @@ def main(argv: list[str] | None = None, settings: Settings | None = None, prog: 
         prevent_thread_lock=True,
         auth=auth.login_check(users_file) if users_file else None,
         auth_message="Ask your documents · 问你的文档" if users_file else None,
-        **SECURE_LAUNCH,
+        js=PAGE_JS,
+        **launch_options(base),
     )
     if collecting:
         gc.freeze()  # what starting created lives as long as the server: not scanned again
         gc.enable()
-    # The page is up: load what the first question needs meanwhile, not before serving it.
-    threading.Thread(target=assistant.warm_up, name="warm-up", daemon=True).start()
+    # The page is up at once; the index is built (or checked) and loaded meanwhile, its progress
+    # shown in the page, and the other collection a browser starts on is opened after it.
+    builder = library.prepare(DEFAULT, build)
+    if start.name != DEFAULT:
+        threading.Thread(target=_open_later, args=(library, builder, start.name, prog), daemon=True).start()
     demo.block_thread()
     return 0
 

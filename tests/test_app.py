@@ -1,6 +1,8 @@
 """The chat's answer handler, driven directly with a stand-in assistant (no server, no browser)."""
 
 import copy
+import time
+import zipfile
 from types import SimpleNamespace
 
 from rag import web
@@ -81,14 +83,22 @@ class LaunchRecorder:
 
     launched = False
 
+    def __init__(self, library=None) -> None:
+        self.library = library
+
     def queue(self, **kwargs):
         return self
 
     def launch(self, **kwargs):
         LaunchRecorder.launched = True
+        assert kwargs["max_file_size"] == 32 * 2**20 and kwargs["enable_monitoring"] is False
 
     def block_thread(self):
-        pass  # app.main serves until interrupted; the recorder returns at once
+        # app.main serves until interrupted; the recorder returns once the index is ready.
+        deadline = time.monotonic() + 30
+        while self.library is not None and self.library.status("default") is not None:
+            assert time.monotonic() < deadline, "the index was never ready"
+            time.sleep(0.01)
 
 
 def test_the_app_serves_an_existing_index_with_a_warning_when_the_corpus_folder_is_missing(
@@ -98,7 +108,7 @@ def test_the_app_serves_an_existing_index_with_a_warning_when_the_corpus_folder_
 
     Assistant(settings, embedder).refresh()
     monkeypatch.setattr("rag.assistant.load_embedder", lambda name, cache_dir: embedder)
-    monkeypatch.setattr(web, "build_app", lambda *args: LaunchRecorder())
+    monkeypatch.setattr(web, "build_app", lambda library, *args: LaunchRecorder(library))
     monkeypatch.setenv("RAG_INDEX_DIR", str(settings.index_dir))
     for corpus in (tmp_path / "unmounted", tmp_path / "empty"):
         if corpus.name == "empty":
@@ -137,7 +147,8 @@ def test_an_empty_or_too_long_question_gets_a_hint_and_never_reaches_the_chat():
         [update] = _updates(assistant, message, [], [])
         assert hint in update[6]
         assert "x" * 100 not in update[6]  # the question is not echoed
-        assert all(isinstance(u, type(update[1])) for u in update[:6])  # everything else left as it was
+        assert update[0] == message  # back in the box (the page emptied it as it was sent), to be fixed
+        assert all(isinstance(u, type(update[1])) for u in update[1:6])  # everything else left as it was
     assert assistant.histories == []
 
 
@@ -237,3 +248,107 @@ def test_a_thumb_rates_the_saved_answer_it_is_under_and_a_second_click_withdraws
     assert [f.message_id for f in history.feedback()] == [first]
     hint, rated, _ = handlers["rate"]([None], _as("alice"), SimpleNamespace(index=1, liked=True))
     assert "not saved" in hint and rated is None
+
+
+# --------------------------------------------------------------------------- upload, delete, first start
+
+
+def _library_with(settings, embedder, *names: str, users=None):
+    from rag import collection
+    from rag.assistant import Assistant
+    from rag.collection import Library
+
+    for name in names:
+        collection.create(name, users=users)
+    default = Assistant(settings.with_(collection="default"), embedder)
+    default.refresh()
+    return Library(settings, default)
+
+
+def test_an_upload_is_stored_indexed_and_answered_and_a_refused_file_says_why(settings, embedder, tmp_path):
+    library = _library_with(settings, embedder, "team")
+    (library.collection("team", None).folder / "corpus" / "seed.txt").write_text("A seed note.\n", encoding="utf-8")
+    handlers = _handlers(library, History(tmp_path / "chat.sqlite3"))
+    dropped = tmp_path / "dropped"
+    dropped.mkdir()
+    (dropped / "okapi.txt").write_text("The okapi harbour opens at dawn.\n", encoding="utf-8")
+    (dropped / "fake.pdf").write_bytes(b"not a pdf at all")
+    # A Word file by its content whose document part is damaged: stored, then skipped by the indexer.
+    with zipfile.ZipFile(dropped / "damaged.docx", "w") as zf:
+        zf.writestr("word/document.xml", "<w:document><unclosed>")
+    paths = [str(dropped / "okapi.txt"), str(dropped / "fake.pdf"), str(dropped / "damaged.docx")]
+    report, box, panel, picker, _ = handlers["upload"](paths, "team", _as(None), progress=lambda *a, **k: None)
+    assert "✓ okapi.txt" in report and "✗ fake.pdf: not a valid PDF" in report and box is None
+    assert "✗ damaged.docx was stored but not indexed: " in report  # with the indexer's reason
+    assert "damaged.docx" in panel  # and listed under "Not indexed" in the index panel
+    assert "okapi.txt" in panel and "okapi.txt" in [doc_id for _, doc_id in picker["choices"]]
+    answer = library.assistant("team", None).ask("When does the okapi harbour open?")
+    assert (answer.citations or answer.nearest)[0].doc_id == "okapi.txt"
+    # Delete asks first, then removes the file and its passages.
+    status, row = handlers["ask_delete"]("okapi.txt", "team", _as(None))
+    assert "Delete okapi.txt" in status and row["visible"]
+    status, row, panel, *_ = handlers["delete_document"]("okapi.txt", "team", _as(None))
+    assert "Deleted okapi.txt" in status and "okapi.txt" not in panel
+    assert not (library.collection("team", None).folder / "corpus" / "okapi.txt").exists()
+
+
+def test_the_default_collection_and_a_user_without_access_take_no_upload_and_no_delete(settings, embedder, tmp_path):
+    library = _library_with(settings, embedder, "legal", users=["alice"])
+    handlers = _handlers(library, History(tmp_path / "chat.sqlite3"))
+    note = tmp_path / "note.txt"
+    note.write_text("x\n", encoding="utf-8")
+    report, *_ = handlers["upload"]([str(note)], "default", _as(None), progress=lambda *a, **k: None)
+    assert "Create a collection to upload into" in report
+    report, *_ = handlers["upload"]([str(note)], "legal", _as("bob"), progress=lambda *a, **k: None)
+    assert "no collection named &#x27;legal&#x27;" in report
+    assert list((library.base.corpus_dir).glob("note.txt")) == []
+    assert not any(library.collection("legal", "alice").folder.rglob("note.txt"))
+    (library.collection("legal", "alice").folder / "corpus" / "kept.txt").write_text("kept\n", encoding="utf-8")
+    status, row, *_ = handlers["delete_document"]("kept.txt", "legal", _as("bob"))
+    assert "no collection named" in status and not row["visible"]
+    status, row = handlers["ask_delete"]("alpha.txt", "default", _as(None))
+    assert "Create a collection" in status and not row["visible"]
+    assert (library.collection("legal", "alice").folder / "corpus" / "kept.txt").exists()
+    assert (settings.corpus_dir / "alpha.txt").exists()
+
+
+def test_while_the_index_is_built_the_page_says_so_and_a_question_waits_in_the_box(settings, embedder, tmp_path):
+    import threading
+
+    from rag.assistant import Assistant
+    from rag.collection import Library
+
+    library = Library(settings)
+    release = threading.Event()
+
+    def build(report):
+        report("embedding the documents")
+        release.wait(10)
+        assistant = Assistant(settings, embedder)
+        assistant.refresh()
+        return assistant
+
+    builder = library.prepare("default", build)
+    handlers = _handlers(library, History(tmp_path / "chat.sqlite3"))
+    banner, timer, *_ = handlers["startup_status"]("default", _as(None))
+    assert "Building the index: embedding the documents" in banner
+    [refused] = list(handlers["respond"]("What carries tourists?", [], [], "default", None, [], _as(None)))
+    assert refused[0] == "What carries tourists?"  # back in the box
+    assert "The index is being built" in refused[6]
+    release.set()
+    builder.join(10)
+    banner, timer, panel, picker, _ = handlers["startup_status"]("default", _as(None))
+    assert "Building" not in banner and timer["active"] is False and "alpha.txt" in panel
+    *_, last = handlers["respond"]("Which airship carries tourists?", [], [], "default", None, [], _as(None))
+    assert "alpha.txt" in last[2]  # answered, with its sources
+
+
+def test_an_extractive_answer_is_shown_whole_at_once_and_the_box_is_emptied_only_when_the_question_is_sent():
+    final = Answer("How many?", "585 were shown. [1]", False, [_citation()], [], language="en")
+    updates = _updates(StreamingAssistant([], final), "How many?", [], [])
+    assert len(updates) == 2  # the question with "…", then the answer with its sources: no replay
+    assert not isinstance(updates[0][0], str) and updates[0][1][-1]["content"] == "…"  # the page empties the box
+    assert "585 were shown." in updates[1][1][-1]["content"] and "src-card" in updates[1][2]
+    streamed = _updates(StreamingAssistant(["58", "5 were shown. [1]"], final), "How many?", [], [])
+    # What the user types while the answer streams is never overwritten.
+    assert all(not isinstance(u[0], str) for u in streamed)

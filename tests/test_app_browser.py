@@ -1,11 +1,13 @@
 """End to end: the web chat in headless Debian Chromium, driven by Playwright.
 
 Starts `python app.py` on a free loopback port over a copy of the bundled corpus plus a PDF and one
-hostile document, asks in Chinese and English, follows up, checks that the hostile markup
-stays inert, shows a cited PDF page as an image, and refreshes the index; then the input hints,
-the trash icon, 👎 feedback and its export, a reload that finds the conversation, and switching to
-a second collection. The tests share one page and run in file order. A second server with a users
-file checks that two users each see only their own conversations and the collections they are allowed.
+hostile document, waits in the page while it builds the index, asks in Chinese and English,
+follows up, checks that the hostile markup stays inert, shows a cited PDF page as an image, and
+refreshes the index; then the input hints, the trash icon, 👎 feedback and its export, a reload
+that finds the conversation, and switching to a second collection; then typing while an answer
+comes, [n] to its card, copy, uploading a file and asking about it, and the phone layout. The
+tests share one page and run in file order. A second server with a users file checks that two
+users each see only their own conversations and the collections they are allowed.
 Needs /usr/bin/chromium (`apt-get install chromium`) and the playwright package; it never
 downloads a browser. The screenshot goes to docs/screenshot.png.
 """
@@ -156,9 +158,20 @@ def page(server: str):
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (never `playwright install`)")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.rstrip("/"))
+        page = context.new_page()
         page.goto(server)
         page.wait_for_selector("#question textarea", timeout=60_000)
+        page.wait_for_timeout(1500)  # the first poll of the index build's progress
+        page.first_look = {"banner": page.locator("#startup").inner_text()}
+        if "Building the index" in page.first_look["banner"]:
+            page.fill("#question textarea", "Who is the chairman of the board of Huali Group Co., Ltd.?")
+            page.press("#question textarea", "Enter")
+            _expect(page.locator("#hint")).to_contain_text("The index is being built")
+            page.first_look["kept"] = page.input_value("#question textarea")
+        _wait_until_ready(page)
+        _expect(page.locator("#startup")).to_have_text("")
         yield page
         browser.close()
 
@@ -178,6 +191,14 @@ def ask(page, question: str) -> str:
     _expect(bots).to_have_count(before + 1, timeout=ANSWER_TIMEOUT_MS)
     _expect(bots.last.locator(".cite-list, em")).to_have_count(1, timeout=ANSWER_TIMEOUT_MS)
     return bots.last.inner_text()
+
+
+def test_the_page_is_served_while_the_index_builds_and_a_question_then_waits_in_the_box(page):
+    # The fixture opened the page as soon as it was served, asked at once, and waited for the index.
+    if "Building the index" not in page.first_look["banner"]:
+        pytest.skip("the index was ready before the page's first look (a warm, fast machine)")
+    assert page.first_look["kept"].startswith("Who is the chairman")
+    assert page.locator('#chat [data-testid="bot"]').count() == 0
 
 
 def test_chinese_question_is_answered_with_its_source(page):
@@ -313,8 +334,12 @@ def test_a_reload_finds_the_conversation(page):
     _expect(page.locator("#conversations")).to_contain_text("第二届长三角一体化发展高层论坛")
     _expect(page.locator('#chat [data-testid="bot"]').last).to_contain_text("585")  # the latest, reopened
     _expect(page.locator('#chat button[aria-label="Disliked"]')).to_have_count(1)  # with its 👎
-    # An older one: the zebra question, then (before the trash icon) the chairman's.
+    # Older ones: the zebra question alone; the PDF question, then (before the trash icon) the chairman's.
     page.locator("#conversations label", has_text="What is the zebra lantern protocol?").click()
+    # Its text, not only a count of 1 (which the conversation shown before it also has): wait for the load.
+    _expect(page.locator('#chat [data-testid="bot"]').last).to_contain_text("zebra lantern")
+    _expect(page.locator('#chat [data-testid="bot"]')).to_have_count(1)
+    page.locator("#conversations label", has_text="How many ships did the lighthouse keeper").click()
     _expect(page.locator('#chat [data-testid="bot"]')).to_have_count(2)
     _expect(page.locator('#chat [data-testid="bot"]').last).to_contain_text("Wang Licheng")
 
@@ -357,13 +382,19 @@ def auth_server(corpus: Path, served, model_cache_dir: Path, tmp_path_factory):
         stop_process(proc)
 
 
+def _wait_until_ready(page) -> None:
+    """The page is served while the index builds; it answers once the index panel is filled."""
+    page.wait_for_selector("#question textarea", timeout=60_000)
+    page.wait_for_selector("#startup .index-ready", state="attached", timeout=STARTUP_TIMEOUT_S * 1000)
+
+
 def _log_in(browser, url: str, name: str, password: str):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(url)
     page.fill('input[data-testid="textbox"]', name)
     page.fill('input[type="password"]', password)
     page.get_by_role("button", name="Login").click()
-    page.wait_for_selector("#question textarea", timeout=60_000)
+    _wait_until_ready(page)
     return page
 
 
@@ -403,3 +434,93 @@ def test_two_users_see_only_their_own_conversations_and_allowed_collections(page
     assert "第二届长三角" not in alice.locator("#conversations").inner_text()
     for p in (alice, bob):
         p.close()
+
+
+# --------------------------------------------------------------------------- streaming, sources, upload, phone
+
+
+def test_what_is_typed_while_an_answer_comes_stays_and_is_asked_next(page):
+    _choose_collection(page, "default")
+    page.click("#new-chat")
+    bots = page.locator('#chat [data-testid="bot"]')
+    _expect(bots).to_have_count(0)
+    page.fill("#question textarea", "Who is the chairman of the board of Huali Group Co., Ltd.?")
+    page.press("#question textarea", "Enter")
+    page.locator("#question textarea").press_sequentially("第二届长三角一体化发展高层论坛集中展示了多少项重大科技成果?")
+    _expect(bots.first.locator(".cite-list")).to_have_count(1, timeout=ANSWER_TIMEOUT_MS)
+    # The answer's updates never erased the box: what was typed meanwhile is still there, whole.
+    assert page.input_value("#question textarea") == "第二届长三角一体化发展高层论坛集中展示了多少项重大科技成果?"
+    page.press("#question textarea", "Enter")
+    _expect(bots).to_have_count(2, timeout=ANSWER_TIMEOUT_MS)
+    _expect(bots.last.locator(".cite-list")).to_have_count(1, timeout=ANSWER_TIMEOUT_MS)
+    assert "585" in bots.last.inner_text() and page.input_value("#question textarea") == ""
+    _expect(page.locator("#stop")).to_be_visible()
+
+
+def test_clicking_a_citation_scrolls_to_its_card_and_flashes_it(page):
+    page.set_viewport_size({"width": 1400, "height": 500})  # short, so the card starts out of view
+    card = page.locator("#sources .src-card").first
+    page.evaluate("window.scrollTo(0, 0)")
+    page.locator('#chat [data-testid="bot"]').last.locator("sup.cite").first.click()
+    _expect(card).to_have_class(re.compile("flash"))
+    _expect(card).to_be_in_viewport()
+    _expect(card.locator(".src-relevance")).to_contain_text(re.compile("已引用|Quoted"))
+    # No fusion score or offsets in view: they are behind the details toggle.
+    assert (
+        "score" not in card.locator(".src-meta").inner_text() and "得分" not in card.locator(".src-meta").inner_text()
+    )
+    _expect(card.locator("details.src-details")).not_to_have_attribute("open", "")
+    page.set_viewport_size({"width": 1400, "height": 1000})
+
+
+def test_copy_gives_the_answer_as_plain_text_with_its_numbered_sources(page):
+    bot = page.locator('#chat [data-testid="bot"]').last
+    bot.hover()
+    page.locator('#chat button[aria-label="Copy message"]').last.click()
+    page.wait_for_function("() => (window.ragCopied || '').includes('585')")  # set by the copy handler
+    copied = page.evaluate("navigator.clipboard.readText()")
+    assert "585" in copied and "[1]" in copied
+    assert re.search(r"\n\[1\] \S", copied)  # the numbered source list
+    for markup in ("<", ">", "&#", "&lt;", "&amp;"):
+        assert markup not in copied
+    label = bot.get_attribute("aria-label")
+    assert "585" in label and "<" not in label and "&#" not in label
+
+
+def test_a_file_uploaded_into_a_collection_is_answered_from_and_a_bad_one_is_refused_with_its_reason(page, tmp_path):
+    _choose_collection(page, "okapi")
+    page.get_by_role("tab", name="Index · 索引").click()
+    (tmp_path / "lighthouse.md").write_text(
+        "# Lighthouse log\n\nThe quokka lighthouse keeper lights the lamp at seven every evening.\n", encoding="utf-8"
+    )
+    (tmp_path / "report.pdf").write_text("this is not a PDF\n", encoding="utf-8")
+    page.set_input_files("#upload input[type=file]", [str(tmp_path / "lighthouse.md"), str(tmp_path / "report.pdf")])
+    report = page.locator("#upload-report")
+    _expect(report).to_contain_text("✓ lighthouse.md", timeout=ANSWER_TIMEOUT_MS)
+    _expect(report).to_contain_text("✗ report.pdf: not a valid PDF")
+    _expect(page.locator("#index-panel")).to_contain_text("lighthouse.md")
+    page.get_by_role("tab", name="Chat · 问答").click()
+    answer = ask(page, "When does the quokka lighthouse keeper light the lamp?")
+    assert "seven" in answer
+    _expect(page.locator("#sources")).to_contain_text("lighthouse.md")
+    # The same name again is refused, not overwritten; the default collection takes no upload.
+    page.get_by_role("tab", name="Index · 索引").click()
+    page.set_input_files("#upload input[type=file]", str(tmp_path / "lighthouse.md"))
+    _expect(report).to_contain_text("already in the collection", timeout=ANSWER_TIMEOUT_MS)
+    _choose_collection(page, "default")
+    _expect(page.locator("#index-panel")).to_contain_text("create a collection")
+    page.get_by_role("tab", name="Chat · 问答").click()
+
+
+def test_on_a_phone_the_sources_come_right_after_the_answer(page):
+    _choose_collection(page, "okapi")
+    _expect(page.locator('#chat [data-testid="bot"]').last).to_contain_text("seven")
+    ask(page, "When does the quokka lighthouse keeper light the lamp?")
+    page.set_viewport_size({"width": 390, "height": 844})
+    try:
+        page.wait_for_timeout(300)
+        chat, sources = page.locator("#chat").bounding_box(), page.locator("#sources").bounding_box()
+        assert 0 <= sources["y"] - (chat["y"] + chat["height"]) < 60, (chat, sources)
+        assert sources["width"] > 300  # full width, under the chat, not beside it
+    finally:
+        page.set_viewport_size({"width": 1400, "height": 1000})

@@ -23,10 +23,9 @@ from rag.chat import (
     index_html,
     is_follow_up,
     quoted_spans,
+    relevance_label,
     short_title,
     sources_html,
-    stream_answer,
-    stream_prefixes,
 )
 from rag.chunking import Chunk
 
@@ -96,18 +95,6 @@ def test_markdown_escaping_round_trips_without_double_escaping():
     assert "&amp;#" not in escaped
 
 
-def test_streaming_grows_to_the_full_message_without_splitting_markers():
-    text = "Sixty items were auctioned at the forum in June, most of them digital. [1] 浙江165项，安徽161项。 [2]"
-    prefixes = stream_prefixes(text, steps=8)
-    assert len(prefixes) <= 9 and prefixes[-1] == text
-    assert all(b.startswith(a) and len(b) > len(a) for a, b in zip(prefixes, prefixes[1:]))
-    assert not any(re.search(r"\[\d*$", p) for p in prefixes)
-    a = answer(text, [citation(1), citation(2)])
-    messages = list(stream_answer(a, steps=8))
-    assert messages[-1] == format_answer(a)
-    assert all("cite-list" not in m for m in messages[:-1])
-
-
 def test_short_title_cuts_at_a_word():
     assert short_title("China News Service, Hangzhou, January 21 (Reporter Hu)", 30) == "China News Service, Hangzhou…"
     assert short_title("Short", 30) == "Short"
@@ -131,12 +118,28 @@ def test_highlighted_text_is_escaped_inside_and_outside_the_mark():
     assert out == "&lt;b&gt;x&lt;/b&gt; <mark>&lt;script&gt;alert(1)&lt;/script&gt;</mark> tail"
 
 
-def test_sources_panel_shows_title_id_score_and_marked_sentence():
-    c = citation(1, text="Alpha beta. Gamma delta.", start=100, quoted=((112, 124),))
-    panel = sources_html(answer("Gamma delta. [1]", [c]))
-    assert "Title 1" in panel and "doc1.txt" in panel and "score 0.049" in panel
+def test_sources_panel_shows_title_file_place_relevance_in_words_and_the_score_only_in_details():
+    c = citation(1, text="Alpha beta. Gamma delta.", start=100, quoted=((112, 124),), page=2, section="Results")
+    panel = sources_html(answer("Gamma delta. [1]", [c], evidence=0.9))
+    assert "Title 1" in panel and "doc1.txt" in panel and "p. 2 · Results" in panel
     assert "<mark>Gamma delta.</mark>" in panel
     assert 'id="src-1"' in panel and "&#91;1&#93;" in panel
+    visible, details = panel.split('<details class="src-details">')
+    assert "strong evidence" in visible
+    assert "0.049" not in visible and "100" not in visible  # no fusion score, no offsets outside the toggle
+    assert "score 0.049" in details and "100–124" in details
+
+
+def test_the_relevance_words_follow_the_judges_evidence_and_say_when_nothing_answered():
+    def label(evidence, abstained=False, language="en"):
+        a = Answer("Q?", "x", abstained, [citation(1)], [citation(1)], evidence=evidence, language=language)
+        return relevance_label(a)
+
+    assert label(0.95) == "Quoted · strong evidence"
+    assert label(0.6) == "Quoted · likely answers the question"
+    assert label(0.4) == "Quoted · weak evidence: check it"
+    assert label(0.1, abstained=True) == "Nearest passage · does not answer the question"
+    assert label(0.95, language="zh") == "已引用 · 证据充分"
 
 
 def test_sources_panel_escapes_hostile_documents():

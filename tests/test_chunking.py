@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 
 from rag.chunking import Chunk, chunk_document, split_sentences
-from rag.documents import Document
+from rag.documents import Document, normalize
 
 
 def sentences_of(text: str) -> list[str]:
@@ -63,6 +63,71 @@ def test_mixed_text_and_line_breaks_split_sentences_and_closing_quotes_stay():
         "他说：“很好。”",
         "It showcased 585 results!",
     ]
+
+
+def test_abbreviations_do_not_end_a_sentence():
+    text = "The U.S. Army hired Dr. Smith, e.g. for training in St. Louis. He left at 5 p.m. on Monday."
+    assert sentences_of(text) == [
+        "The U.S. Army hired Dr. Smith, e.g. for training in St. Louis.",
+        "He left at 5 p.m. on Monday.",
+    ]
+
+
+WRAPPED = """Wrapped report
+
+The regional council agreed on Tuesday that the new railway line
+between the two harbour towns will open in spring, after the
+engineers finish the bridge. Tickets go on sale in March.
+"""
+
+
+def test_hard_wrapped_lines_are_joined_into_their_sentences():
+    assert sentences_of(WRAPPED) == [
+        "Wrapped report",
+        "The regional council agreed on Tuesday that the new railway line\nbetween the two harbour towns will open"
+        " in spring, after the\nengineers finish the bridge.",
+        "Tickets go on sale in March.",
+    ]
+
+
+def test_a_wrapped_chinese_sentence_is_one_sentence_searched_without_a_space():
+    text = (
+        "长三角一体化发展高层论坛在合肥举行，会议集中展示了长三角地区近\n年来取得的585项重大科技成果。其中上海132项。"
+    )
+    first, second = split_sentences(text)
+    assert text[first.start : first.end].endswith("科技成果。") and "\n" in text[first.start : first.end]
+    assert (
+        normalize(text[first.start : first.end])
+        == "长三角一体化发展高层论坛在合肥举行,会议集中展示了长三角地区近年来取得的585项重大科技成果。"
+    )
+    assert text[second.start : second.end] == "其中上海132项。"
+
+
+@pytest.mark.parametrize("separator", ["\n\n", "\f", "\n \n"])
+def test_a_blank_line_or_a_form_feed_always_ends_a_sentence(separator):
+    line = "The regional council agreed on Tuesday that the new railway line"
+    assert sentences_of(line + separator + line) == [line, line]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # list items, numbered items, a markdown heading, table rows, short lines, label: value fields
+        "Things the council agreed on during the long meeting this week\n- a new railway line\n- a bridge",
+        "Steps the engineers will follow when the bridge is finally finished\n1. test the load\n2. open it",
+        "# Results of the regional council meeting held in the harbour town\nThe council met on Tuesday.",
+        "| city | results of the forum held in the harbour town this year |\n| Shanghai | 132 |\n| Jiangsu | 127 |",
+        "Shanghai 132\nJiangsu 127\nZhejiang 165",
+        "Yangtze River Delta integration forum opens in Hefei this morning\n发布时间: 2023-06-07 来源: Xinhua",
+        "共同育新机开新局、更好服务国家大局\n要共同育新机开新局、更好服务国家大局。统筹推进疫情防控和经济社会发展工作。",
+    ],
+)
+def test_items_headings_and_table_rows_one_per_line_stay_apart(text):
+    lines = text.split("\n")
+    found = sentences_of(text)
+    for line in lines:  # each line starts a sentence of its own
+        assert any(s.startswith(line.split("。")[0]) for s in found), (line, found)
+    assert not any("\n" in s for s in found)
 
 
 def test_whitespace_only_text_has_no_sentences():
@@ -135,7 +200,7 @@ def test_overlap_not_smaller_than_max_tokens_is_refused(count_tokens):
 _CHUNK_IDS_SCRIPT = """
 import sys
 from rag.chunking import chunk_document
-from rag.documents import Document
+from rag.documents import Document, normalize
 doc = Document(sys.argv[1], "t", sys.stdin.read(), "x")
 count = lambda texts: [len(t.split()) for t in texts]
 print(" ".join(c.chunk_id for c in chunk_document(doc, count, 12, 3)))
@@ -179,3 +244,11 @@ def test_repeated_paragraphs_get_distinct_chunk_ids():
     chunks = chunk_document(doc, count_words, max_tokens=11, overlap=2)
     assert len({c.text for c in chunks}) < len(chunks)  # the texts do repeat
     assert len({c.chunk_id for c in chunks}) == len(chunks)
+
+
+def test_without_blingfire_every_full_stop_ends_a_sentence(monkeypatch):
+    import rag.chunking as chunking
+
+    monkeypatch.setattr(chunking, "_blingfire", lambda: None)  # a platform it has no binary for
+    text = "Dr. Smith went to Washington. He stayed."
+    assert [text[s.start : s.end] for s in split_sentences(text)] == ["Dr.", "Smith went to Washington.", "He stayed."]

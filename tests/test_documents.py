@@ -107,6 +107,37 @@ def test_gb18030_and_utf16_with_bom_decode(tmp_path):
     assert docs["utf8bom.txt"].title == "BOM title"
 
 
+# Legacy encodings the byte-pattern rules refuse (Big5, cp1251) or misread as GB18030 (Shift-JIS):
+# charset-normalizer reads them. Each text is long enough to say something, as a real file would.
+LEGACY_TEXTS = {
+    "big5.txt": ("長江三角洲區域一體化發展高層論壇在合肥舉行。\n會議展示了585項合作成果，臺灣學者也參加了。\n", "big5"),
+    "sjis.txt": ("東京は日本の首都です。\n人口は約千四百万人で、世界で最も大きな都市の一つです。\n", "shift_jis"),
+    "cp1251.txt": ("Москва — столица России.\nНаселение города составляет около тринадцати миллионов.\n", "cp1251"),
+}
+
+
+@pytest.mark.parametrize("name", LEGACY_TEXTS)
+def test_big5_shift_jis_and_cp1251_are_read(tmp_path, name):
+    text, encoding = LEGACY_TEXTS[name]
+    raw = text.encode(encoding)
+    with pytest.raises(UnicodeDecodeError):
+        raw.decode("utf-8")
+    write(tmp_path, name, raw)
+    docs, errors = load(tmp_path)
+    assert errors == {}
+    assert docs[name].text == text
+    assert docs[name].title == text.splitlines()[0]
+
+
+def test_english_with_a_few_gbk_symbols_stays_gbk_not_a_guess(tmp_path):
+    # charset-normalizer alone takes this for Big5; the rules' reading wins where they accept one.
+    text = "“Quoted” notes — about the lighthouse keeper… 长三角\n"
+    write(tmp_path, "gbk-en.txt", text.encode("gbk"))
+    docs, errors = load(tmp_path)
+    assert errors == {}
+    assert docs["gbk-en.txt"].text == text
+
+
 def test_unreadable_files_are_reported_by_name_and_the_rest_still_load(tmp_path):
     write(tmp_path, "good.txt", "A good document.")
     write(tmp_path, "binary.txt", b"\x00\x01BIN\x00\x00\x07" + bytes(range(256)))

@@ -1,7 +1,7 @@
 """The web app serves no file outside Gradio's own assets, refuses uploads, and renders documents inert.
 
 The app is launched in-process on a free loopback port with app.py's own launch settings
-(`web.SECURE_LAUNCH`) over a corpus holding a hostile document, then probed over HTTP.
+(`web.launch_options`) over a corpus holding a hostile document, then probed over HTTP.
 """
 
 from __future__ import annotations
@@ -47,13 +47,17 @@ def served(tmp_path_factory):
     corpus.mkdir()
     for name, text in {**CORPUS, "hostile.txt": HOSTILE}.items():
         (corpus / name).write_text(text, encoding="utf-8")
-    settings = Settings(corpus_dir=corpus, index_dir=root / "index", chunk_tokens=32, chunk_overlap=8)
+    # A 1 KB upload limit: the probe below sends more.
+    settings = Settings(
+        corpus_dir=corpus, index_dir=root / "index", chunk_tokens=32, chunk_overlap=8, max_upload_mb=1 / 1024
+    )
     assistant = Assistant(settings, FakeEmbedder())
     assistant.refresh()
     demo = web.build_app(Library(settings, assistant), History(root / "chat.sqlite3"))
     demo.queue(default_concurrency_limit=2, max_size=16)
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **web.SECURE_LAUNCH)
+    options = web.launch_options(settings)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **options)
     try:
         yield f"http://127.0.0.1:{port}", settings, assistant
     finally:
@@ -105,11 +109,14 @@ def test_no_file_outside_gradios_assets_is_served(served):
             assert response.status_code in (400, 403, 404, 405), (path, response.status_code)
 
 
-def test_uploads_are_refused(served):
+def test_an_upload_over_the_limit_is_refused_and_none_reaches_a_corpus_folder_by_itself(served):
     base, settings, _ = served
     with httpx.Client(base_url=base, timeout=30) as client:
-        response = client.post("/gradio_api/upload", files={"files": ("../../evil.txt", b"x" * 1024, "text/plain")})
-    assert response.status_code == 413, response.text
+        response = client.post("/gradio_api/upload", files={"files": ("../../evil.txt", b"x" * 2048, "text/plain")})
+        assert response.status_code == 413, response.text
+        # Under the limit Gradio keeps it in its own temporary folder; only rag.upload moves files on.
+        response = client.post("/gradio_api/upload", files={"files": ("../../evil.txt", b"x" * 100, "text/plain")})
+    assert response.status_code == 200, response.text
     assert not (settings.corpus_dir / "evil.txt").exists()
     assert not list(settings.corpus_dir.parent.glob("**/evil.txt"))
 
