@@ -103,7 +103,8 @@ def collection_name(index_dir: Path, generation: str, label: str) -> str:
 def _index_params(kind: str, n_vectors: int) -> tuple[dict, dict]:
     """(index build params, search params) for Milvus, mirroring rag.store's constants."""
     if kind == "hnsw":
-        build = {"index_type": "HNSW", "params": {"M": store_module.HNSW_M, "efConstruction": 80}}
+        params = {"M": store_module.HNSW_M, "efConstruction": store_module.HNSW_EF_CONSTRUCTION}
+        build = {"index_type": "HNSW", "params": params}
         return build, {"ef": store_module.HNSW_EF_SEARCH}
     if kind == "ivfpq":
         nlist = store_module.ivf_lists(max(n_vectors, 1))
@@ -114,19 +115,17 @@ def _index_params(kind: str, n_vectors: int) -> tuple[dict, dict]:
 
 def _choose_kind(n_vectors: int, index_type: str) -> str:
     kind = store_module.choose_index_type(n_vectors, index_type)
-    # Above the exact-search size, auto means HNSW here: Milvus builds it per segment, in the
-    # background, so the build time that ruled it out for FAISS is not paid by a refresh.
+    # Above the exact-search size, auto means HNSW here: Milvus builds it per segment of at most
+    # ~100k rows (on a server, in the background while unindexed segments are searched exactly),
+    # so its build time, which ruled it out for FAISS, no longer grows with the whole collection.
     return "hnsw" if index_type == "auto" and kind != "flat" else kind
 
 
 def _call(what: str, fn, *args, **kwargs):
+    """fn(...), with Milvus's own errors and lost connections raised as MilvusUnavailableError."""
     try:
         return fn(*args, **kwargs)
-    except MilvusUnavailableError:
-        raise
-    except Exception as exc:
-        if type(exc).__name__ != "MilvusException" and not isinstance(exc, (OSError, ConnectionError)):
-            raise
+    except (_pymilvus().exceptions.MilvusException, OSError) as exc:
         raise MilvusUnavailableError(f"Milvus {what} failed: {exc}") from exc
 
 
