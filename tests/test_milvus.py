@@ -43,6 +43,16 @@ def test_the_default_backend_never_imports_pymilvus(settings, embedder):
     assert result.returncode == 0, result.stderr
 
 
+def test_without_pymilvus_the_milvus_backend_says_what_to_install(settings, embedder, tmp_path, monkeypatch):
+    from rag import milvus as milvus_module
+
+    monkeypatch.setitem(sys.modules, "pymilvus", None)  # import pymilvus now raises ImportError
+    milvus_module._client_for.cache_clear()
+    with pytest.raises(RuntimeError, match=r"pip install 'rag\[milvus\]'"):
+        refresh_index(settings.with_(vector_backend="milvus", milvus_uri=str(tmp_path / "m.db")), embedder)
+    assert current_generation(settings.index_dir) is None  # nothing half-written
+
+
 @pytest.fixture
 def milvus(settings, tmp_path):
     """Settings for the Milvus backend on a Milvus Lite folder in tmp."""
