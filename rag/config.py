@@ -143,6 +143,23 @@ class Settings:
         help="vector index: auto is exact (flat) up to 200k vectors, IVF-PQ with re-ranking above",
         choices=("auto", "flat", "hnsw", "ivfpq"),
     )
+    # Where vectors live: the embedded FAISS files (default), or a Milvus server for an index that
+    # outgrows one machine (rag.milvus; its token comes from RAG_MILVUS_TOKEN, never a flag).
+    vector_backend: str = option(
+        "faiss",
+        flag="--vector-backend",
+        env="RAG_VECTOR_BACKEND",
+        help="where vectors are stored and searched: faiss (files in the index folder) or milvus "
+        "(needs pip install 'rag[milvus]' and --milvus-uri)",
+        choices=("faiss", "milvus"),
+    )
+    milvus_uri: str | None = option(
+        None,
+        flag="--milvus-uri",
+        env="RAG_MILVUS_URI",
+        help="Milvus for --vector-backend milvus: a Milvus Lite folder (./milvus.db) or a server, "
+        "e.g. http://127.0.0.1:19530",
+    )
     # Passages whose sentences the answer judge (rag.judge) reads, before the best `top_k` are shown.
     candidate_passages: int = 8
     # The answer judge's thresholds; None takes the values calibrated with it (rag/judge.json, refit

@@ -8,6 +8,8 @@ either the old or the new index, never a mix. CURRENT also holds the sha256 of t
 manifest, and the manifest that of every other file, all verified on load; loading reads JSON,
 FAISS files and raw arrays only, never pickle. Refresh is incremental by content hash: a document whose bytes
 are unchanged is not re-chunked, and a chunk or sentence whose text is unchanged keeps its vector.
+With `vector_backend` milvus, `chunks.milvus.json` and `sentences.milvus.json` stand in for the
+`.faiss` files: each names a Milvus collection made for that generation (rag.milvus).
 Trade-off: each refresh rewrites the (small) metadata files whole.
 """
 
@@ -36,7 +38,7 @@ from rag.crosslingual import document_terms
 from rag.documents import CorpusEmptyError, Document, LoadError, is_chinese, load_corpus, normalize
 from rag.embeddings import Embedder
 from rag.lexical import BM25
-from rag.store import VectorStore, choose_index_type
+from rag.store import BACKENDS, VectorStore, choose_index_type, load_store, store_file
 
 # 2: chunk terms include pinyin and joined names (rag.crosslingual); 3: the BM25 matrix is saved
 FORMAT_VERSION = 3
@@ -44,7 +46,20 @@ FORMAT_VERSION = 3
 # its stored chunks and vectors would not match a question's. 1: Traditional Chinese searched as
 # Simplified (rag.documents.normalize); 2: sentences by Blingfire, hard-wrapped lines joined.
 TEXT_VERSION = 2
-_FILES = ("manifest.json", "chunks.jsonl", "chunks.faiss", "sentences.faiss", *BM25.FILES)
+
+
+def _files(backend: str = "faiss") -> tuple[str, ...]:
+    """A generation's files: with Milvus, descriptors of its collections stand in for the .faiss files."""
+    return (
+        "manifest.json",
+        "chunks.jsonl",
+        store_file("chunks", backend),
+        store_file("sentences", backend),
+        *BM25.FILES,
+    )
+
+
+_FILES = _files("faiss")  # the default backend's
 
 
 class IndexError_(RuntimeError):
@@ -247,8 +262,12 @@ def _load_generation(index_dir: Path, pointer: tuple[Path, str | None] | None, e
     version = manifest.get("format") if isinstance(manifest, dict) else None
     if version != FORMAT_VERSION:
         raise IndexMismatchError(f"index format {version} is not {FORMAT_VERSION}. {fix}")
+    backend = manifest.get("vector_backend", "faiss")  # absent in indexes built before Milvus
+    if backend not in BACKENDS:
+        raise IndexError_(f"index file {manifest_path} is damaged (unknown vector backend {backend!r}). {fix}")
+    files = _files(backend)
     checksums = manifest.get("checksums") or {}
-    for name in _FILES[1:]:  # every data file must have a checksum, not only the ones listed
+    for name in files[1:]:  # every data file must have a checksum, not only the ones listed
         path = gen / name
         if name not in checksums:
             raise IndexError_(f"index file {manifest_path} is damaged (no checksum for {name}). {fix}")
@@ -264,8 +283,8 @@ def _load_generation(index_dir: Path, pointer: tuple[Path, str | None] | None, e
         check_compatible(manifest, embedder.name, embedder.dim)
     try:
         chunks, terms = _read_chunks(gen / "chunks.jsonl")
-        chunk_vectors = VectorStore.load(gen / "chunks.faiss")
-        sentence_vectors = VectorStore.load(gen / "sentences.faiss")
+        chunk_vectors = load_store(gen / files[2])
+        sentence_vectors = load_store(gen / files[3])
         bm25 = BM25.load(*(gen / name for name in BM25.FILES))
     except (OSError, RuntimeError, ValueError, KeyError) as exc:
         # Verified a moment ago: deleted by a concurrent writer since (load_index retries), or a disk fault.
@@ -340,6 +359,15 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _next_generation(index_dir: Path) -> str:
+    # Past every generation on disk, not only the current one: a crash after the rename in
+    # _write_generation but before CURRENT moved leaves a newer, never-current generation that
+    # must not be reused. (A number can be reused after a crash before that rename: only its
+    # staging folder and Milvus collections existed, and they are replaced.)
+    numbers = [int(p.name[4:]) for p in index_dir.glob("gen-*") if p.name[4:].isdigit()]
+    return f"gen-{max(numbers, default=0) + 1:06d}"
+
+
 def _write_generation(
     index_dir: Path,
     manifest: dict,
@@ -347,11 +375,10 @@ def _write_generation(
     terms: list[list[str]],
     chunk_store: VectorStore,
     sentence_store: VectorStore,
+    name: str | None = None,
 ) -> Path:
-    # Past every generation on disk, not only the current one: a crash after the rename below
-    # but before CURRENT moved leaves a newer, never-current generation that must not be reused.
-    numbers = [int(p.name[4:]) for p in index_dir.glob("gen-*") if p.name[4:].isdigit()]
-    name = f"gen-{max(numbers, default=0) + 1:06d}"
+    name = name or _next_generation(index_dir)
+    files = _files(manifest.get("vector_backend", "faiss"))
     staging = index_dir / f".{name}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -367,15 +394,15 @@ def _write_generation(
                 "terms": chunk_terms,
             }
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    chunk_store.save(staging / "chunks.faiss")
-    sentence_store.save(staging / "sentences.faiss")
+    chunk_store.save(staging / files[2])
+    sentence_store.save(staging / files[3])
     # Rebuilt whole: idf depends on every document. Cheap next to embedding, and it spares every
     # reader the rebuild (25-42 s at 1M chunks, bench/RESULTS.md).
     BM25(terms).save(*(staging / name for name in BM25.FILES))
-    manifest["checksums"] = {n: _checksum(staging / n) for n in _FILES if n != "manifest.json"}
+    manifest["checksums"] = {n: _checksum(staging / n) for n in files if n != "manifest.json"}
     manifest_bytes = json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8")
     (staging / "manifest.json").write_bytes(manifest_bytes)
-    for n in _FILES:
+    for n in files:
         with (staging / n).open("rb") as fh:
             os.fsync(fh.fileno())
     _fsync_dir(staging)
@@ -402,9 +429,33 @@ def _remove_stale(index_dir: Path) -> None:
     live = current_generation(index_dir)
     for old in index_dir.glob("gen-*"):
         if live is not None and old != live:
+            _drop_collections(old)
             shutil.rmtree(old, ignore_errors=True)
     for stale in index_dir.glob(".gen-*.tmp"):
+        _drop_collections(stale)
         shutil.rmtree(stale, ignore_errors=True)
+    if live is not None and any(live.glob("*.milvus.json")):
+        _drop_orphan_collections(index_dir, live)
+
+
+def _drop_collections(gen_dir: Path) -> None:
+    """A Milvus generation's collections go with its folder (pymilvus is imported only if it has some)."""
+    if any(gen_dir.glob("*.milvus.json")):
+        from rag.milvus import drop_described
+
+        drop_described(gen_dir)
+
+
+def _drop_orphan_collections(index_dir: Path, live: Path) -> None:
+    """Collections of this index that no generation names: a refresh killed before its folder existed."""
+    from rag.milvus import MilvusUnavailableError, drop_orphans
+
+    try:
+        descriptors = [json.loads(p.read_text(encoding="utf-8")) for p in live.glob("*.milvus.json")]
+        uri = os.environ.get("RAG_MILVUS_URI") or descriptors[0]["uri"]
+        drop_orphans(uri, index_dir, {d["collection"] for d in descriptors})
+    except (OSError, ValueError, KeyError, MilvusUnavailableError):
+        pass  # a later refresh sweeps again; serving does not depend on it
 
 
 def _versions() -> dict[str, str]:
@@ -490,6 +541,11 @@ def refresh_index(
     A corpus with no readable document never empties an index that holds some (it is more often
     an unmounted or mistyped folder than a deliberate deletion) unless `allow_empty` says so.
     """
+    if settings.vector_backend == "milvus" and not settings.milvus_uri:
+        raise ValueError(
+            "--vector-backend milvus needs --milvus-uri (RAG_MILVUS_URI): a Milvus Lite folder such as "
+            "./milvus.db, or a server such as http://127.0.0.1:19530"
+        )
     started = time.perf_counter()
     report = RefreshReport()
     documents, report.skipped = load_corpus(
@@ -584,8 +640,12 @@ def _plan_and_write(
         for e in report.skipped
         if e.doc_id not in doc_entries
     }
-    if old is not None and not report.changed and skipped == old.manifest.get("skipped", {}):
+    same_backend = old is not None and old.manifest.get("vector_backend", "faiss") == settings.vector_backend
+    if old is not None and not report.changed and skipped == old.manifest.get("skipped", {}) and same_backend:
         return  # nothing to write: the live generation is already current
+
+    generation = _next_generation(settings.index_dir)
+    new_store = _store_factory(settings, embedder.dim, generation)
 
     # Texts to embed are made from the chunks a batch at a time (see _carry_vectors): a list of
     # every chunk's and sentence's normalised text would hold the corpus twice more.
@@ -598,6 +658,7 @@ def _plan_and_write(
         report,
         "embedded_chunks",
         settings.index_type,
+        new_store,
     )
     sentence_ids, where = _sentence_locations(chunks)
 
@@ -615,6 +676,7 @@ def _plan_and_write(
         report,
         "embedded_sentences",
         settings.index_type,
+        new_store,
     )
 
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -626,11 +688,25 @@ def _plan_and_write(
         "created": old.manifest["created"] if old else now,
         "updated": now,
         "corpus_dir": str(settings.corpus_dir),
+        "vector_backend": settings.vector_backend,
         "counts": {"documents": len(doc_entries), "chunks": len(chunks), "sentences": len(sentence_ids)},
         "documents": doc_entries,
         "skipped": skipped,
     }
-    _write_generation(settings.index_dir, manifest, chunks, terms, chunk_store, sentence_store)
+    _write_generation(settings.index_dir, manifest, chunks, terms, chunk_store, sentence_store, generation)
+
+
+def _store_factory(settings: Settings, dim: int, generation: str) -> Callable[[str, int], VectorStore] | None:
+    """How _carry_vectors makes a generation's store: None for FAISS (in memory, saved as a file)."""
+    if settings.vector_backend == "faiss":
+        return None
+    from rag.milvus import MilvusStore, collection_name
+
+    def new_store(label: str, expected: int):
+        name = collection_name(settings.index_dir, generation, label)
+        return MilvusStore.create(settings.milvus_uri, name, dim, settings.index_type, expected)
+
+    return new_store
 
 
 def _sentence_locations(chunks: list[Chunk]) -> tuple[np.ndarray, np.ndarray]:
@@ -657,6 +733,7 @@ def _carry_vectors(
     report: RefreshReport,
     counter: str,
     index_type: str = "auto",
+    new_store: Callable[[str, int], VectorStore] | None = None,
 ) -> VectorStore:
     """A store holding a vector per id: old vectors reused by id, the rest embedded from `text_of(i)`.
 
@@ -664,13 +741,14 @@ def _carry_vectors(
     held; a store large enough for IVF-PQ (or asked to be HNSW) is filled once from one matrix,
     since it is trained on, or built from, all of them: the peak is then twice the vectors.
     """
-    store = VectorStore(embedder.dim, index_type)
+    store = new_store(label, len(ids)) if new_store else VectorStore(embedder.dim, index_type)
     if old_store is not None and len(old_store):
         reuse = np.isin(ids, old_store.ids())
     else:
         reuse = np.zeros(len(ids), dtype=bool)
     whole = None
-    if choose_index_type(len(ids), index_type) != "flat":
+    # Milvus builds its index itself, server-side: it is always filled a batch at a time.
+    if new_store is None and choose_index_type(len(ids), index_type) != "flat":
         whole = np.empty((len(ids), embedder.dim), dtype=np.float32)
     filled = 0
 

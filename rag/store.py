@@ -4,6 +4,8 @@ Every index type sits inside `IndexIDMap2`, so callers see the same contract wha
 `add` with explicit int64 ids, `remove` for deleted chunks, `get` (reconstruct) to carry
 unchanged vectors into a new index generation without re-embedding, and `save`/`load` through
 FAISS's own serialiser, never pickle. The file is self-describing: `load` needs no settings.
+This is the default backend; rag.milvus keeps the same contract in a Milvus server
+(`vector_backend` milvus), and `load_store` opens either from a generation's file.
 
 Index type (`index_type` setting, `RAG_INDEX_TYPE`: auto | flat | hnsw | ivfpq):
 - flat: exact search, linear in the number of vectors.
@@ -211,3 +213,26 @@ class VectorStore:
             faiss.downcast_index(self._index.index).k_factor = k_factor or REFINE_K_FACTOR
             ivf = self._ivf()
             ivf.nprobe = nprobe or max(IVF_NPROBE_MIN, math.ceil(ivf.nlist * IVF_NPROBE_FRACTION))
+
+
+# --------------------------------------------------------------------------- backends
+
+# Where vectors live (the `vector_backend` setting): FAISS files in the index folder, or Milvus
+# (rag.milvus, imported only when chosen, so the default needs no extra package).
+BACKENDS = ("faiss", "milvus")
+
+
+def store_file(label: str, backend: str = "faiss") -> str:
+    """The file in a generation folder that holds (faiss) or describes (milvus) the `label` vectors."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown vector backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    return f"{label}.faiss" if backend == "faiss" else f"{label}.milvus.json"
+
+
+def load_store(path: Path):
+    """The store a generation file holds or describes: a VectorStore, or a rag.milvus.MilvusStore."""
+    if path.name.endswith(".milvus.json"):
+        from rag.milvus import MilvusStore
+
+        return MilvusStore.load(path)
+    return VectorStore.load(path)
