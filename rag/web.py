@@ -128,6 +128,19 @@ PAGE_JS = r"""
     return row && row.querySelector('.message-content');
   };
   window.ragCopied = null;
+  // The question as it was when sent (Enter or Ask), read before Gradio dispatches the event: on a
+  // slow machine the user's next keystrokes can land first, and CLEAR_ON_SEND must keep them.
+  window.ragSending = null;
+  document.addEventListener('keydown', (event) => {
+    const box = event.target instanceof Element && event.target.closest('#question textarea');
+    if (box && event.key === 'Enter' && !event.shiftKey && !event.isComposing) window.ragSending = box.value;
+  }, true);
+  document.addEventListener('click', (event) => {
+    if (event.target instanceof Element && event.target.closest('#ask')) {
+      const box = document.querySelector('#question textarea');
+      if (box) window.ragSending = box.value;
+    }
+  }, true);
   document.addEventListener('click', (event) => {
     const target = event.target instanceof Element ? event.target : null;
     if (!target) return;
@@ -173,13 +186,18 @@ PAGE_JS = r"""
 # Run in the page as a question is sent, before it goes to the server: empties the box at once, so
 # nothing typed after pressing Enter is lost to a late "clear" from the server. Gradio runs it when
 # the event runs, so a question deferred behind the current answer is read from the box first.
+# Sends the question as it was at Enter or Ask (PAGE_JS records it) and takes only that text out
+# of the box: anything typed after it, before this runs, stays to be asked next.
 CLEAR_ON_SEND = """
 (...args) => {
   const box = document.querySelector('#question textarea');
-  if (box && box.value) {
-    box.value = '';
+  const sent = window.ragSending !== null && window.ragSending !== undefined ? window.ragSending : args[0];
+  window.ragSending = null;
+  if (box && sent && box.value.startsWith(sent)) {
+    box.value = box.value.slice(sent.length);
     box.dispatchEvent(new Event('input', {bubbles: true}));
   }
+  args[0] = sent;
   return args;
 }
 """

@@ -445,8 +445,12 @@ def test_what_is_typed_while_an_answer_comes_stays_and_is_asked_next(page):
     bots = page.locator('#chat [data-testid="bot"]')
     _expect(bots).to_have_count(0)
     page.fill("#question textarea", "Who is the chairman of the board of Huali Group Co., Ltd.?")
+    # A slow page (CPU throttled 6x), as on a busy machine: keystrokes land before the send is dispatched.
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Emulation.setCPUThrottlingRate", {"rate": 6})
     page.press("#question textarea", "Enter")
     page.locator("#question textarea").press_sequentially("第二届长三角一体化发展高层论坛集中展示了多少项重大科技成果?")
+    cdp.send("Emulation.setCPUThrottlingRate", {"rate": 1})
     _expect(bots.first.locator(".cite-list")).to_have_count(1, timeout=ANSWER_TIMEOUT_MS)
     # The answer's updates never erased the box: what was typed meanwhile is still there, whole.
     assert page.input_value("#question textarea") == "第二届长三角一体化发展高层论坛集中展示了多少项重大科技成果?"
