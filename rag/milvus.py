@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from rag import store as store_module
+from rag.store import checked_batch
 
 SUFFIX = ".milvus.json"
 TOKEN_ENV = "RAG_MILVUS_TOKEN"
@@ -186,10 +187,7 @@ class MilvusStore:
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids) == 0:
             return
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if vectors.shape != (len(ids), self.dim):
-            raise ValueError(f"expected vectors of shape ({len(ids)}, {self.dim}), got {vectors.shape}")
-        ids = np.asarray(ids, dtype=np.int64)
+        ids, vectors = checked_batch(ids, vectors, self.dim)
         for i in range(0, len(ids), BATCH):
             rows = [{"id": int(k), "vector": v} for k, v in zip(ids[i : i + BATCH], vectors[i : i + BATCH].tolist())]
             _call("insert", self._client.insert, self.collection, rows)

@@ -82,6 +82,14 @@ def _kind(index: faiss.Index) -> str:
     return "flat"
 
 
+def checked_batch(ids: np.ndarray, vectors: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """`ids` as int64 and `vectors` as contiguous float32 of shape (len(ids), dim), for any backend's add."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.shape != (len(ids), dim):
+        raise ValueError(f"expected vectors of shape ({len(ids)}, {dim}), got {vectors.shape}")
+    return np.asarray(ids, dtype=np.int64), vectors
+
+
 class VectorStore:
     def __init__(self, dim: int, index_type: str = "auto", index: faiss.Index | None = None) -> None:
         choose_index_type(0, index_type)  # validate early, before any vectors arrive
@@ -101,10 +109,7 @@ class VectorStore:
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids) == 0:
             return
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if vectors.shape != (len(ids), self.dim):
-            raise ValueError(f"expected vectors of shape ({len(ids)}, {self.dim}), got {vectors.shape}")
-        ids = np.asarray(ids, dtype=np.int64)
+        ids, vectors = checked_batch(ids, vectors, self.dim)
         target = choose_index_type(len(self) + len(ids), self.index_type)
         if target == self.kind and not self._outgrown(len(self) + len(ids)):
             self._index.add_with_ids(vectors, ids)
