@@ -451,6 +451,11 @@ class QueryWords:
     # The forms that say the index knows the word: a Chinese word's translation counts only when
     # every word of one of its senses is indexed ("world cup" for 世界杯, not "world" alone).
     whole: dict[str, frozenset[str]] = field(default_factory=dict)
+    # The stem of each English word, which `found` asks for on every sentence judged.
+    stems: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stems", {w: stem(w) for w in self.forms if w.isascii() and w.isalpha()})
 
     @classmethod
     def of(
@@ -487,9 +492,9 @@ class QueryWords:
         """The words that `terms` hold in some form (with `whole_words`, not by their parts alone)."""
         out = set()
         for word, forms in self.forms.items():
-            if any(f in terms for f in forms) or (word.isascii() and word.isalpha() and stem(word) in stems):
+            if not forms.isdisjoint(terms) or (word in self.stems and self.stems[word] in stems):
                 out.add(word)
-            elif not whole_words and any(p in terms for p in self.parts[word]):
+            elif not whole_words and not self.parts[word].isdisjoint(terms):
                 out.add(word)
         return out
 

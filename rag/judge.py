@@ -26,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from rag.chunking import int_id
 from rag.crosslingual import QUESTION_WORDS, QueryWords, document_terms, stem
 from rag.documents import is_chinese, normalize
-from rag.indexing import Index, sentence_key
+from rag.indexing import Index
 from rag.lexical import STOPWORDS
 from rag.rerank import SentenceJudge
 
@@ -204,11 +205,6 @@ def new_numbers(text: str, question: str) -> list[str]:
     return [n for n in dict.fromkeys(_NUMBER.findall(text)) if n not in asked]
 
 
-def gives_date(text: str, question: str) -> bool:
-    asked = {m.group().lower() for m in _DATE.finditer(normalize(question))}
-    return any(m.group().lower() not in asked for m in _DATE.finditer(text))
-
-
 def new_names(text: str, question: str) -> list[str]:
     """Names in `text` (capitalised words, 名·名, 《titles》) that the question does not mention."""
     q = normalize(question).lower()
@@ -254,6 +250,49 @@ def sentence_terms(text: str) -> tuple[frozenset[str], frozenset[str]]:
     return terms, frozenset(stem(t) for t in terms if t.isascii() and t.isalpha())
 
 
+@dataclass(frozen=True)
+class _Sentence:
+    """What the judge reads from a sentence whatever the question asks (see `_sentence`)."""
+
+    normalized: str
+    terms: frozenset[str]
+    stems: frozenset[str]
+    token_set: frozenset[str]
+    bigrams: frozenset[tuple[str, str]]
+    raw_words: tuple[str, ...]  # words of the normalized text, lower-cased: what `new_words` counts
+    dates: tuple[str, ...]
+    chinese: bool
+    number_word: bool
+    header: bool
+    anaphor: bool
+    statement: bool
+    list_item: bool
+
+
+@functools.lru_cache(maxsize=16384)
+def _sentence(text: str) -> _Sentence:
+    """Cached like `sentence_terms`: the same sentences come back across questions, and as each
+    other's neighbours within one."""
+    normalized = normalize(text)
+    tokens = _tokens(normalized)
+    terms, stems = sentence_terms(normalized)
+    return _Sentence(
+        normalized=normalized,
+        terms=terms,
+        stems=stems,
+        token_set=frozenset(tokens),
+        bigrams=frozenset(zip(tokens, tokens[1:])),
+        raw_words=tuple(w.lower() for w in _WORD.findall(normalized)),
+        dates=tuple(m.group().lower() for m in _DATE.finditer(normalized)),
+        chinese=is_chinese(text),
+        number_word=bool(_NUMBER_WORD.search(text)),
+        header=is_header(text),
+        anaphor=bool(_ANAPHOR.match(normalized)),
+        statement=bool(_STATEMENT_END.search(normalized)),
+        list_item=bool(_LIST_ITEM.match(normalized)),
+    )
+
+
 @dataclass
 class _DocumentTerms:
     """Each document's chunk rows (one pass over the index, when first needed) and its terms, by document."""
@@ -295,13 +334,6 @@ def number_near_words(text: str, question: str, words: QueryWords) -> bool:
 def _tokens(text: str) -> list[str]:
     """Characters of Chinese, lower-cased words and numbers: what the overlap features compare."""
     return [w.lower() for w in _WORD.findall(normalize(text))]
-
-
-def _new_word_share(text: str, question: str) -> float:
-    """The share of the sentence's words (characters, for Chinese) that the question does not hold."""
-    q = {w.lower() for w in _WORD.findall(normalize(question))}
-    words = [w.lower() for w in _WORD.findall(text)]
-    return sum(w not in q for w in words) / len(words) if words else 0.0
 
 
 class AnswerJudge:
@@ -402,7 +434,7 @@ def candidate_features(index: Index, retrieval, words: QueryWords | None = None)
     chinese_query = is_chinese(query)
     best_lexical = max((h.lexical for h in retrieval.hits[: retrieval.judged]), default=0.0) or 1.0
 
-    spans, keys, seen = [], [], set()
+    spans, seen = [], set()
     for rank, hit in enumerate(retrieval.hits[: retrieval.judged]):
         chunk = hit.chunk
         texts = [chunk.text[s.start - chunk.start : s.end - chunk.start] for s in chunk.sentences]
@@ -415,72 +447,83 @@ def candidate_features(index: Index, retrieval, words: QueryWords | None = None)
             if i == 0:
                 neighbours.insert(0, "")
             spans.append((rank, hit, s.start, s.end, texts[i], neighbours))
-            keys.append(sentence_key(chunk.doc_id, texts[i]))
-            keys += [sentence_key(chunk.doc_id, t) for t in neighbours if t]
     if not spans:
         return []
-    unique = list(dict.fromkeys(keys))
+    # A sentence comes back as its neighbours' neighbour: its key and the words it holds, once.
+    keys: dict[tuple[str, str], int] = {}
+    for _, hit, _, _, text, neighbours in spans:
+        for t in (text, *neighbours):
+            if t and (hit.chunk.doc_id, t) not in keys:
+                keys[hit.chunk.doc_id, t] = int_id(f"{hit.chunk.doc_id}\x00{_sentence(t).normalized}")
+    unique = list(dict.fromkeys(keys.values()))
     cosine_of = dict(zip(unique, index.sentence_vectors.get(np.array(unique, dtype=np.int64)) @ retrieval.query_vector))
+    found_of: dict[str, set[str]] = {}
+
+    def found_in(text: str) -> set[str]:
+        if text not in found_of:
+            view = _sentence(text)
+            found_of[text] = words.found(view.terms, view.stems)
+        return found_of[text]
+
     q_tokens = _tokens(query)
     q_bigrams = set(zip(q_tokens, q_tokens[1:]))
     q_content = {t for t in q_tokens if t not in STOPWORDS}
+    q_words = set(q_tokens)
+    q_dates = {m.group().lower() for m in _DATE.finditer(query)}
 
     out: list[Candidate] = []
     previous_words: list[set[str]] = []
     for rank, hit, start, end, text, neighbours in spans:
-        cosine = cosine_of[sentence_key(hit.chunk.doc_id, text)]
-        neighbour_cosine = max(
-            (float(cosine_of[sentence_key(hit.chunk.doc_id, t)]) for t in neighbours if t), default=float(cosine)
-        )
-        normalized = normalize(text)
-        tokens = _tokens(normalized)
-        bigrams = set(zip(tokens, tokens[1:]))
-        present, stems = sentence_terms(normalized)
-        found = words.found(present, stems)
+        doc_id = hit.chunk.doc_id
+        cosine = cosine_of[keys[doc_id, text]]
+        neighbour_cosine = max((float(cosine_of[keys[doc_id, t]]) for t in neighbours if t), default=float(cosine))
+        view = _sentence(text)
+        normalized = view.normalized
+        found = found_in(text)
         # "总设计师" is not said by a sentence that holds only its part "设计": a near-topic question's tell.
-        whole = words.found(present, stems, whole_words=True)
+        whole = words.found(view.terms, view.stems, whole_words=True)
         around = set(found)
-        previous = words.found(*sentence_terms(normalize(neighbours[0]))) if neighbours and neighbours[0] else set()
+        previous = found_in(neighbours[0]) if neighbours and neighbours[0] else set()
         for other in neighbours:
-            around |= words.found(*sentence_terms(normalize(other))) if other else set()
-        doc_terms, doc_stems = document_terms_of(index, hit.chunk.doc_id)
+            if other:
+                around |= found_in(other)
+        doc_terms, doc_stems = document_terms_of(index, doc_id)
         in_document = words.found(doc_terms, doc_stems) | around
         missing = [words.weights[w] for w in words.weights if w not in around]
-        header = is_header(text)
         features = {
             "e5_cosine": float(cosine),
             "neighbour_cosine": neighbour_cosine,
-            "bigram_overlap": len(q_bigrams & bigrams) / len(q_bigrams) if q_bigrams else 0.0,
-            "token_overlap": len(q_content & set(tokens)) / len(q_content) if q_content else 0.0,
+            "bigram_overlap": len(q_bigrams & view.bigrams) / len(q_bigrams) if q_bigrams else 0.0,
+            "token_overlap": len(q_content & view.token_set) / len(q_content) if q_content else 0.0,
             "coverage": words.share(found),
             "coverage_with_neighbours": words.share(around),
             "whole_coverage": words.share(whole),
             "coverage_in_document": words.share(in_document),
-            "translated_share": sum(w for t, w in weights.items() if t in present and t not in own_terms)
+            "translated_share": sum(w for t, w in weights.items() if t in view.terms and t not in own_terms)
             / total_weight,
             "missing_word": max(missing, default=0.0) / total_idf,
-            "other_language": float(is_chinese(text) != chinese_query),
+            "other_language": float(view.chinese != chinese_query),
             "passage_rank": 1.0 / (1.0 + rank),
             "passage_bm25": hit.lexical / best_lexical,
             "unknown_share": unknown,
             "asks_number": float(kind.number),
-            "gives_number": float(kind.number and bool(new_numbers(normalized, query) or _NUMBER_WORD.search(text))),
+            "gives_number": float(kind.number and bool(new_numbers(normalized, query) or view.number_word)),
             "number_near_words": float(kind.number and number_near_words(normalized, query, words)),
             "asks_date": float(kind.date),
-            "gives_date": float(kind.date and gives_date(normalized, query)),
+            "gives_date": float(kind.date and any(d not in q_dates for d in view.dates)),
             "asks_name": float(kind.name),
             "gives_name": float(kind.name and bool(new_names(text, query))),
-            "new_words": _new_word_share(normalized, query),
+            "new_words": sum(w not in q_words for w in view.raw_words) / len(view.raw_words) if view.raw_words else 0.0,
             "previous_coverage": words.share(previous),
-            "anaphor": float(bool(_ANAPHOR.match(normalized))),
-            "header": float(header),
-            "header_not_asked": float(header and not (kind.date or kind.source)),
+            "anaphor": float(view.anaphor),
+            "header": float(view.header),
+            "header_not_asked": float(view.header and not (kind.date or kind.source)),
             # A title, link or menu line does not end like a sentence; a list item starts with a bullet.
-            "statement": float(bool(_STATEMENT_END.search(normalized))),
-            "list_item": float(bool(_LIST_ITEM.match(normalized))),
+            "statement": float(view.statement),
+            "list_item": float(view.list_item),
             "log_length": math.log1p(len(normalized)),
         }
-        out.append(Candidate(rank, hit, start, end, text, 0.0, frozenset(found), header, features))
+        out.append(Candidate(rank, hit, start, end, text, 0.0, frozenset(found), view.header, features))
         previous_words.append(previous)
     best_cosine = max(c.features["e5_cosine"] for c in out)
     best_coverage = max(c.features["coverage"] for c in out)

@@ -13,6 +13,7 @@ are the candidates; rag.judge then reads their sentences and reorders them by th
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +24,10 @@ from rag.documents import is_chinese, normalize
 from rag.embeddings import Embedder
 from rag.indexing import Index
 from rag.lexical import tokenize
+
+# The question is embedded on a second thread while this one ranks its words: the encoder spends
+# most of its time in BLAS products, which release the GIL, so on two cores the lexical lists come free.
+_ENCODER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rag-query-encoder")
 
 
 @dataclass(frozen=True)
@@ -83,11 +88,24 @@ def retrieve(
     and reorders them before any is shown.
     """
     query = normalize(question)
-    query_vector = embedder.embed_queries([query])[0]
+    embedding = _ENCODER.submit(embedder.embed_queries, [query])
     terms = tokenize(query)
     if not index.chunks:
-        return Retrieval(query, query_vector, terms, [])
+        return Retrieval(query, embedding.result()[0], terms, [])
 
+    lexical_rows, lexical_scores = index.bm25.top(terms, candidates)
+    lexical_of = dict(zip(lexical_rows.tolist(), lexical_scores.tolist()))
+
+    # The query in the other language, ranking only the other language's passages; it counts more
+    # the less of the question any passage explains in the question's own words.
+    gate = 1.0 - own_coverage(index.bm25, terms)
+    groups = translations(query, index.bm25.vocabulary)
+    translated = {t: w * gate for t, w in flatten_translations(groups).items()}
+    translated_rows, _ = index.bm25.top(list(translated), candidates * 4, list(translated.values()))
+    other_language = index.chinese_rows[translated_rows] != is_chinese(query)
+    translated_rows = translated_rows[other_language][:candidates]
+
+    query_vector = embedding.result()[0]
     dense_best: dict[int, float] = {}
     scores, ids = index.chunk_vectors.search(query_vector, candidates)
     chunk_ranking = []
@@ -105,18 +123,6 @@ def retrieve(
             if row not in sentence_ranking:
                 sentence_ranking.append(row)
     sentence_ranking = sentence_ranking[:candidates]
-
-    lexical_rows, lexical_scores = index.bm25.top(terms, candidates)
-    lexical_of = dict(zip(lexical_rows.tolist(), lexical_scores.tolist()))
-
-    # The query in the other language, ranking only the other language's passages; it counts more
-    # the less of the question any passage explains in the question's own words.
-    gate = 1.0 - own_coverage(index.bm25, terms)
-    groups = translations(query, index.bm25.vocabulary)
-    translated = {t: w * gate for t, w in flatten_translations(groups).items()}
-    translated_rows, _ = index.bm25.top(list(translated), candidates * 4, list(translated.values()))
-    other_language = index.chinese_rows[translated_rows] != is_chinese(query)
-    translated_rows = translated_rows[other_language][:candidates]
 
     fused = reciprocal_rank_fusion(
         [chunk_ranking, sentence_ranking, lexical_rows.tolist(), translated_rows.tolist()],
