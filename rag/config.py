@@ -143,6 +143,17 @@ class Settings:
         help="vector index: auto is exact (flat) up to 200k vectors, IVF-PQ with re-ranking above",
         choices=("auto", "flat", "hnsw", "ivfpq"),
     )
+    # How a chunk gets its vector: "embedded" runs the model over the chunk; "pooled" takes the
+    # length-weighted mean of its sentences' vectors, which are embedded anyway, so a build runs
+    # the model over about half as much text, at a small cost in retrieval (bench/RESULTS.md).
+    chunk_vectors: str = option(
+        "embedded",
+        flag="--chunk-vectors",
+        env="RAG_CHUNK_VECTORS",
+        help="embedded: the model reads each chunk; pooled: a chunk's vector is the mean of its sentences' "
+        "(builds about twice as fast; changing it rebuilds the index)",
+        choices=("embedded", "pooled"),
+    )
     # Where vectors live: the embedded FAISS files (default), or a Milvus server for an index that
     # outgrows one machine (rag.milvus; its token comes from RAG_MILVUS_TOKEN, never a flag).
     vector_backend: str = option(

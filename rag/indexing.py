@@ -530,7 +530,10 @@ def _rebuild_reason(old: dict | None, settings: Settings, embedder: Embedder) ->
 
 
 def _chunking(settings: Settings) -> dict:
-    return {"max_tokens": settings.chunk_tokens, "overlap": settings.chunk_overlap, "text": TEXT_VERSION}
+    chunking = {"max_tokens": settings.chunk_tokens, "overlap": settings.chunk_overlap, "text": TEXT_VERSION}
+    if settings.chunk_vectors != "embedded":  # absent in indexes made before the choice existed
+        chunking["chunk_vectors"] = settings.chunk_vectors
+    return chunking
 
 
 def refresh_index(
@@ -647,19 +650,6 @@ def _plan_and_write(
     generation = _next_generation(settings.index_dir)
     new_store = _store_factory(settings, embedder.dim, generation)
 
-    # Texts to embed are made from the chunks a batch at a time (see _carry_vectors): a list of
-    # every chunk's and sentence's normalised text would hold the corpus twice more.
-    chunk_store = _carry_vectors(
-        np.fromiter((int_id(c.chunk_id) for c in chunks), dtype=np.int64, count=len(chunks)),
-        lambda row: chunks[row].search_text,
-        old.chunk_vectors if old else None,
-        embedder,
-        "chunks",
-        report,
-        "embedded_chunks",
-        settings.index_type,
-        new_store,
-    )
     sentence_ids, where = _sentence_locations(chunks)
 
     def sentence_text(i: int) -> str:
@@ -667,17 +657,52 @@ def _plan_and_write(
         s = chunk.sentences[where[i] & 0xFFFF]
         return normalize(chunk.text[s.start - chunk.start : s.end - chunk.start])
 
-    sentence_store = _carry_vectors(
-        sentence_ids,
-        sentence_text,
-        old.sentence_vectors if old else None,
-        embedder,
-        "sentences",
-        report,
-        "embedded_sentences",
-        settings.index_type,
-        new_store,
-    )
+    # Texts to embed are made from the chunks a batch at a time (see _carry_vectors): a list of
+    # every chunk's and sentence's normalised text would hold the corpus twice more.
+    def carry_sentences() -> VectorStore:
+        return _carry_vectors(
+            sentence_ids,
+            sentence_text,
+            old.sentence_vectors if old else None,
+            embedder.embed_passages,
+            embedder.dim,
+            "sentences",
+            report,
+            "embedded_sentences",
+            settings.index_type,
+            new_store,
+        )
+
+    chunk_ids = np.fromiter((int_id(c.chunk_id) for c in chunks), dtype=np.int64, count=len(chunks))
+    if settings.chunk_vectors == "pooled":
+        sentence_store = carry_sentences()
+        chunk_store = _carry_vectors(
+            chunk_ids,
+            lambda row: chunks[row],
+            old.chunk_vectors if old else None,
+            lambda batch: _pooled(batch, sentence_store),
+            embedder.dim,
+            "chunks",
+            report,
+            "embedded_chunks",
+            settings.index_type,
+            new_store,
+            by_length=False,  # no padding to save: pooling reads each chunk's sentences alone
+        )
+    else:
+        chunk_store = _carry_vectors(
+            chunk_ids,
+            lambda row: chunks[row].search_text,
+            old.chunk_vectors if old else None,
+            embedder.embed_passages,
+            embedder.dim,
+            "chunks",
+            report,
+            "embedded_chunks",
+            settings.index_type,
+            new_store,
+        )
+        sentence_store = carry_sentences()
 
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     manifest = {
@@ -724,24 +749,37 @@ def _sentence_locations(chunks: list[Chunk]) -> tuple[np.ndarray, np.ndarray]:
     return keys_np[first], np.frombuffer(where, dtype=np.int64)[first]
 
 
+def _pooled(chunks: list[Chunk], sentence_store: VectorStore) -> np.ndarray:
+    """Each chunk's vector as the mean of its sentences' vectors, weighted by their length, normalised."""
+    out = np.empty((len(chunks), sentence_store.dim), dtype=np.float32)
+    for i, chunk in enumerate(chunks):
+        vectors = sentence_store.get(np.array(Index.sentence_keys(chunk), dtype=np.int64))
+        lengths = np.array([s.end - s.start for s in chunk.sentences], dtype=np.float32)
+        pooled = lengths @ vectors
+        out[i] = pooled / max(float(np.linalg.norm(pooled)), 1e-12)
+    return out
+
+
 def _carry_vectors(
     ids: np.ndarray,
-    text_of: Callable[[int], str],
+    text_of: Callable[[int], object],
     old_store: VectorStore | None,
-    embedder: Embedder,
+    embed: Callable[[list], np.ndarray],
+    dim: int,
     label: str,
     report: RefreshReport,
     counter: str,
     index_type: str = "auto",
     new_store: Callable[[str, int], VectorStore] | None = None,
+    by_length: bool = True,
 ) -> VectorStore:
-    """A store holding a vector per id: old vectors reused by id, the rest embedded from `text_of(i)`.
+    """A store holding a vector per id: old vectors reused by id, the rest made by `embed` from `text_of(i)`.
 
     Vectors go into an exact (flat) store a batch at a time, so no second copy of them all is
     held; a store large enough for IVF-PQ (or asked to be HNSW) is filled once from one matrix,
     since it is trained on, or built from, all of them: the peak is then twice the vectors.
     """
-    store = new_store(label, len(ids)) if new_store else VectorStore(embedder.dim, index_type)
+    store = new_store(label, len(ids)) if new_store else VectorStore(dim, index_type)
     if old_store is not None and len(old_store):
         reuse = np.isin(ids, old_store.ids())
     else:
@@ -749,7 +787,7 @@ def _carry_vectors(
     whole = None
     # Milvus builds its index itself, server-side: it is always filled a batch at a time.
     if new_store is None and choose_index_type(len(ids), index_type) != "flat":
-        whole = np.empty((len(ids), embedder.dim), dtype=np.float32)
+        whole = np.empty((len(ids), dim), dtype=np.float32)
     filled = 0
 
     def put(part_ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -767,8 +805,9 @@ def _carry_vectors(
     # By length, as sentence-transformers orders the texts of one call: a batch then pads to
     # texts of about its own length. In document order, batches of 64 made the build 42% slower
     # than encoding the same texts in one call (bench/RESULTS.md).
-    todo = todo[np.argsort([len(text_of(int(r))) for r in todo], kind="stable")]
-    for rows, vectors in _embed_in_batches(embedder.embed_passages, todo, text_of, label):
+    if by_length:
+        todo = todo[np.argsort([len(text_of(int(r))) for r in todo], kind="stable")]
+    for rows, vectors in _embed_in_batches(embed, todo, text_of, label):
         put(ids[rows], vectors)
     if whole is not None:
         store.add(np.concatenate([kept, ids[todo]]), whole)

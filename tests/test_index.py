@@ -346,3 +346,32 @@ def test_default_paths_follow_rag_home_not_the_repository(isolated_rag_home):
     assert settings.index_dir == isolated_rag_home / "index"
     assert PROJECT_ROOT / "index" != settings.index_dir
     assert settings.corpus_dir == PROJECT_ROOT / "corpus"
+
+
+def test_pooled_chunk_vectors_are_the_length_weighted_mean_of_their_sentences(settings, embedder):
+    """--chunk-vectors pooled: the model reads sentences only, and a chunk's vector comes from them."""
+    report, index = build(settings.with_(chunk_vectors="pooled"), embedder)
+    assert len(embedder.embedded_passages) == report.embedded_sentences == len(index.chunk_rows_of_sentence)
+    assert report.embedded_chunks == len(index.chunks)  # each chunk got a vector, none from the model
+    assert_consistent(index)
+    for chunk in index.chunks:
+        sentences = index.sentence_vectors.get(np.array(index.sentence_keys(chunk), dtype=np.int64))
+        lengths = np.array([s.end - s.start for s in chunk.sentences], dtype=np.float32)
+        want = lengths @ sentences
+        got = index.chunk_vectors.get(np.array([int_id(chunk.chunk_id)], dtype=np.int64))[0]
+        assert np.allclose(got, want / np.linalg.norm(want), atol=1e-6)
+
+
+def test_switching_how_chunk_vectors_are_made_rebuilds_and_a_pooled_refresh_costs_what_changed(settings, embedder):
+    build(settings, embedder)
+    pooled = settings.with_(chunk_vectors="pooled")
+    report = refresh_index(pooled, embedder)
+    assert "chunking" in report.rebuilt_because
+    alpha = settings.corpus_dir / "alpha.txt"
+    alpha.write_text(alpha.read_text(encoding="utf-8").replace("twice a year", "every spring"), encoding="utf-8")
+    embedder.embedded_passages.clear()
+    report, index = build(pooled, embedder)
+    assert report.updated == ["alpha.txt"] and report.rebuilt_because is None
+    assert embedder.embedded_passages and all("every spring" in t for t in embedder.embedded_passages)
+    assert 0 < report.embedded_chunks < len(index.chunks)
+    assert_consistent(index)
