@@ -435,6 +435,27 @@ def content_words(query: str) -> list[str]:
     return list(dict.fromkeys(words))
 
 
+@functools.lru_cache(maxsize=16384)
+def _pieces(text: str) -> tuple[tuple[frozenset[str], int], ...]:
+    """The words of `text` (Chinese runs segmented), each as the forms it can match and its offset.
+
+    Cached: the judge asks this of the same candidate sentences question after question.
+    """
+    out = []
+    for match in _QUERY_TOKEN.finditer(text):
+        token, start = match.group(), match.start()
+        if _CJK_RUN.fullmatch(token):
+            pieces = []
+            for piece in segment(token):
+                pieces.append((piece, start))
+                start += len(piece)
+        else:
+            pieces = [(token.lower(), start)]
+        for piece, at in pieces:
+            out.append((frozenset({piece, pinyin(piece)} if _CJK_RUN.fullmatch(piece) else {piece, stem(piece)}), at))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class QueryWords:
     """A question's content words, each with the forms a text may use for it, in either language.
@@ -501,20 +522,11 @@ class QueryWords:
     def positions(self, text: str) -> dict[str, list[int]]:
         """Where in `text` (NFKC-normalised) each word occurs in some form: {word: [offsets]}."""
         out: dict[str, list[int]] = {}
-        for match in _QUERY_TOKEN.finditer(text):
-            token, start = match.group(), match.start()
-            if _CJK_RUN.fullmatch(token):
-                pieces = []
-                for piece in segment(token):
-                    pieces.append((piece, start))
-                    start += len(piece)
-            else:
-                pieces = [(token.lower(), start)]
-            for piece, at in pieces:
-                forms = {piece, pinyin(piece)} if _CJK_RUN.fullmatch(piece) else {piece, stem(piece)}
-                for word in self.forms:
-                    if forms & (self.forms[word] | self.parts[word]) or (word.isascii() and stem(word) in forms):
-                        out.setdefault(word, []).append(at)
+        known = {word: self.forms[word] | self.parts[word] for word in self.forms}
+        for forms, at in _pieces(text):
+            for word, word_forms in known.items():
+                if not word_forms.isdisjoint(forms) or (word.isascii() and stem(word) in forms):
+                    out.setdefault(word, []).append(at)
         return out
 
     def coverage(self, terms: Collection[str], stems: Collection[str] | None = None) -> float:
