@@ -70,6 +70,7 @@ class WorkerStats:
     chunked: int = 0
     passages: int = 0  # chunk and sentence texts embedded
     busy_s: float = 0.0  # inside batches (reading, chunking, embedding)
+    cpu_s: float = 0.0  # CPU time the worker process got meanwhile: busy_s on a core of its own
     first_start: float = math.inf  # wall clock (time.time) when its first batch started
     last_end: float = 0.0
 
@@ -155,6 +156,10 @@ class BuildWorker:
         self.config = config
         # Passages and token counts go through sentence-transformers for every model, the bundled one included.
         self.embedder = load_sentence_transformer_embedder(config["model"], Path(config["cache_dir"]))
+        # What a first call loads (jieba's and CEDICT's dictionaries, the model's first pass) is
+        # start-up, paid here once rather than inside the first batch.
+        document_terms("warm up 预热")
+        self.embedder.embed_passages(["warm up"])
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -167,7 +172,7 @@ def build_batch(batch: dict[str, np.ndarray], embedder: Embedder, config: dict, 
     A row per file: its payload is (Document or LoadError, chunks, terms, text keys, vectors); the
     batch's statistics ride on its first row only, so they are counted once.
     """
-    started, wall = time.perf_counter(), time.time()
+    started, cpu, wall = time.perf_counter(), time.process_time(), time.time()
     cache_dir = Path(config["cache_dir"])
     results, texts, owners = [], [], []
     for doc_id, path, old_sha in zip(batch["doc_id"], batch["path"], batch["old_sha"]):
@@ -193,6 +198,7 @@ def build_batch(batch: dict[str, np.ndarray], embedder: Embedder, config: dict, 
         "chunked": sum(r[1] is not None for r in results),
         "passages": len(texts),
         "busy_s": time.perf_counter() - started,
+        "cpu_s": time.process_time() - cpu,
         "start": wall,
         "end": time.time(),
     }
@@ -311,8 +317,9 @@ def _indexed_hashes(settings: Settings, embedder: Embedder) -> dict[str, str]:
 def _run_pipeline(ray, settings, embedder, paths, old_sha, workers, threads) -> list[dict]:
     cpus = int(ray.cluster_resources().get("CPU", 1))
     workers = max(1, workers or cpus // threads)
-    # About four batches per worker keeps them all busy to the end; at most 64 files a batch.
-    batch = max(1, min(64, math.ceil(len(paths) / (workers * 4))))
+    # Many small batches, handed to a worker only when it is free: the last worker to finish then
+    # trails by at most one batch (with 4 queued per worker, one trailed by 40 s of 190).
+    batch = max(1, min(64, math.ceil(len(paths) / (workers * 16))))
     items = input_rows(paths, old_sha)
     config = worker_config(settings, threads)
     print(
@@ -326,7 +333,7 @@ def _run_pipeline(ray, settings, embedder, paths, old_sha, workers, threads) -> 
         fn_constructor_kwargs={"config": config},
         batch_size=batch,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=workers),
+        compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
         num_cpus=threads,
         runtime_env={"env_vars": {name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}},
     )
@@ -362,6 +369,7 @@ def collect(rows: list[dict], embedder: Embedder, seconds: float = 0.0) -> Clust
             w.chunked += s["chunked"]
             w.passages += s["passages"]
             w.busy_s += s["busy_s"]
+            w.cpu_s += s["cpu_s"]
             w.first_start = min(w.first_start, s["start"])
             w.last_end = max(w.last_end, s["end"])
     documents.sort(key=lambda d: d.doc_id)  # load_corpus's order: results arrive as workers finish
