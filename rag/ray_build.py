@@ -24,7 +24,7 @@ import pickle
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -296,7 +296,9 @@ def build_on_cluster(
             rows = _run_pipeline(ray, settings, embedder, paths, old_sha, workers, threads)
         else:
             rows = []
-        return collect(rows, embedder, time.perf_counter() - started)
+        built = collect(rows, embedder)  # the pipeline runs as its rows are read
+        built.seconds = time.perf_counter() - started
+        return built
     finally:
         if started_ray:
             ray.shutdown()
@@ -314,7 +316,7 @@ def _indexed_hashes(settings: Settings, embedder: Embedder) -> dict[str, str]:
     return {doc_id: entry.get("sha256", "") for doc_id, entry in (manifest.get("documents") or {}).items()}
 
 
-def _run_pipeline(ray, settings, embedder, paths, old_sha, workers, threads) -> list[dict]:
+def _run_pipeline(ray, settings, embedder, paths, old_sha, workers, threads) -> Iterable[dict]:
     cpus = int(ray.cluster_resources().get("CPU", 1))
     workers = max(1, workers or cpus // threads)
     # Many small batches, handed to a worker only when it is free: the last worker to finish then
@@ -337,7 +339,7 @@ def _run_pipeline(ray, settings, embedder, paths, old_sha, workers, threads) -> 
         num_cpus=threads,
         runtime_env={"env_vars": {name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}},
     )
-    return list(built.iter_rows())
+    return built.iter_rows()  # streamed: each row is unpacked as it arrives, not held twice
 
 
 def input_rows(paths: list[tuple[str, Path]], old_sha: dict[str, str]) -> list[dict]:
@@ -345,7 +347,7 @@ def input_rows(paths: list[tuple[str, Path]], old_sha: dict[str, str]) -> list[d
     return [{"doc_id": doc_id, "path": str(path), "old_sha": old_sha.get(doc_id, "")} for doc_id, path in paths]
 
 
-def collect(rows: list[dict], embedder: Embedder, seconds: float = 0.0) -> ClusterBuild:
+def collect(rows: Iterable[dict], embedder: Embedder) -> ClusterBuild:
     """The workers' rows as one PreparedCorpus, in load_corpus's order, and their statistics."""
     documents: list[Document] = []
     skipped: list[LoadError] = []
@@ -377,4 +379,4 @@ def collect(rows: list[dict], embedder: Embedder, seconds: float = 0.0) -> Clust
     all_keys = np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
     all_vectors = np.concatenate(vectors) if vectors else np.zeros((0, embedder.dim), dtype=np.float32)
     prepared = PreparedCorpus(documents, skipped, chunked, PrecomputedEmbedder(embedder, all_keys, all_vectors))
-    return ClusterBuild(prepared, stats, seconds)
+    return ClusterBuild(prepared, stats)
