@@ -327,8 +327,6 @@ def _run_pipeline(ray, settings, embedder, paths, old_sha, workers, threads) -> 
     print(
         f"ray: {len(paths)} files on {workers} workers of {threads} CPU ({cpus} CPUs in the cluster)", file=sys.stderr
     )
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = sys.stderr.isatty()
     dataset = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / batch))
     built = dataset.map_batches(
         BuildWorker,
