@@ -46,6 +46,10 @@ class RayUnavailableError(RuntimeError):
     """`--ray` was asked for, but Ray is not installed or the cluster cannot be reached."""
 
 
+class RayBuildError(RuntimeError):
+    """A worker failed (a model it could not load, a machine lost): the driver wrote nothing."""
+
+
 def _import_ray():
     os.environ.update(_QUIET_RAY)  # read when ray is imported and when a cluster starts
     try:
@@ -299,6 +303,8 @@ def build_on_cluster(
         built = collect(rows, embedder)  # the pipeline runs as its rows are read
         built.seconds = time.perf_counter() - started
         return built
+    except ray.exceptions.RayError as exc:  # a worker failed: nothing was written, the index is as it was
+        raise RayBuildError(f"the build on the Ray cluster failed, the index was left as it was: {exc}") from exc
     finally:
         if started_ray:
             ray.shutdown()
