@@ -18,6 +18,7 @@ examples:
   rag ask "第二届长三角一体化发展高层论坛集中展示了多少项重大科技成果?"
   rag ask --json "Where was the 2023 symposium held?"
   rag index --corpus ~/my-docs --index-dir ~/my-docs-index
+  rag index --ray ray-head:6379
   RAG_CORPUS_DIR=~/my-docs rag ask "What does the contract say about renewal?"
   rag eval --out eval/report
   rag eval --compare eval/report-before/report.json eval/report/report.json
@@ -102,7 +103,14 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     embedder = Assistant(settings).embedder
-    report = refresh_index(settings, embedder, rebuild=args.rebuild, allow_empty=args.allow_empty)
+    prepared = None
+    if args.ray is not None:  # read, chunk and embed on a Ray cluster; written here as locally
+        from rag.ray_build import build_on_cluster
+
+        built = build_on_cluster(settings, embedder, args.ray or os.environ.get("RAY_ADDRESS"), args.rebuild)
+        print(built.summary(), file=sys.stderr)
+        prepared = built.prepared
+    report = refresh_index(settings, embedder, rebuild=args.rebuild, allow_empty=args.allow_empty, prepared=prepared)
     if args.json:
         print(json.dumps({**report.to_json(), "index": str(settings.index_dir)}, ensure_ascii=False, indent=2))
         return 0
@@ -358,6 +366,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let a corpus folder with no readable documents empty the index (refused otherwise: "
         "an unmounted or mistyped folder looks empty too)",
+    )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="read, chunk and embed on a Ray cluster (pip install 'rag[ray]'): ADDRESS, else RAY_ADDRESS; "
+        "'auto' or none starts a local one unless this machine runs one",
     )
     p.set_defaults(func=cmd_index)
 

@@ -370,16 +370,29 @@ def load_corpus(
     corpus_dir: Path, max_bytes: int = MAX_DOCUMENT_BYTES, ocr_languages: str = "", cache_dir: Path | None = None
 ) -> tuple[list[Document], list[LoadError]]:
     """Every readable document under `corpus_dir`, and a reason for each one skipped."""
+    documents: list[Document] = []
+    errors: list[LoadError] = []
+    for doc_id, path in corpus_paths(corpus_dir):
+        read = load_or_skip(path, doc_id, max_bytes, ocr_languages, cache_dir)
+        (documents if isinstance(read, Document) else errors).append(read)
+    return documents, errors
+
+
+def corpus_paths(corpus_dir: Path) -> list[tuple[str, Path]]:
+    """(doc_id, path) of every file `load_corpus` reads, in its order; a missing folder is an error."""
     if not corpus_dir.is_dir():
         raise FileNotFoundError(
             f"corpus folder {corpus_dir} does not exist: create it or point --corpus / RAG_CORPUS_DIR at your documents"
         )
-    documents: list[Document] = []
-    errors: list[LoadError] = []
-    for doc_id, path in iter_document_paths(corpus_dir):
-        try:
-            documents.append(load_document(path, doc_id, max_bytes, ocr_languages, cache_dir))
-        except (OSError, DocumentError, UnicodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            errors.append(LoadError(doc_id, reason or type(exc).__name__))
-    return documents, errors
+    return list(iter_document_paths(corpus_dir))
+
+
+def load_or_skip(
+    path: Path, doc_id: str, max_bytes: int = MAX_DOCUMENT_BYTES, ocr_languages: str = "", cache_dir: Path | None = None
+) -> Document | LoadError:
+    """One file as `load_corpus` reads it: the Document, or the reason it is skipped."""
+    try:
+        return load_document(path, doc_id, max_bytes, ocr_languages, cache_dir)
+    except (OSError, DocumentError, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return LoadError(doc_id, reason or type(exc).__name__)

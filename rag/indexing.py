@@ -157,6 +157,23 @@ class RefreshReport:
         return "\n".join(lines)
 
 
+@dataclass
+class PreparedCorpus:
+    """A corpus read, chunked and embedded elsewhere (rag.ray_build), for `refresh_index` to write.
+
+    `chunked` holds the chunks and search terms made from the very text in `documents`, by doc_id;
+    `embedder` answers with the vectors made there. The refresh still decides what is new, carries
+    old vectors and writes the generation as a local build does: a document missing from `chunked`
+    is chunked here, and a text without a vector is embedded here, so a stale guess of what changed
+    costs time, never correctness.
+    """
+
+    documents: list[Document]
+    skipped: list[LoadError]
+    chunked: dict[str, tuple[list[Chunk], list[list[str]]]]
+    embedder: Embedder
+
+
 # --------------------------------------------------------------------------- reading
 
 
@@ -537,12 +554,17 @@ def _chunking(settings: Settings) -> dict:
 
 
 def refresh_index(
-    settings: Settings, embedder: Embedder, rebuild: bool = False, allow_empty: bool = False
+    settings: Settings,
+    embedder: Embedder,
+    rebuild: bool = False,
+    allow_empty: bool = False,
+    prepared: PreparedCorpus | None = None,
 ) -> RefreshReport:
     """Bring the index in `settings.index_dir` up to date with `settings.corpus_dir`.
 
     A corpus with no readable document never empties an index that holds some (it is more often
     an unmounted or mistyped folder than a deliberate deletion) unless `allow_empty` says so.
+    With `prepared`, the corpus was read, chunked and embedded elsewhere (rag.ray_build).
     """
     if settings.vector_backend == "milvus" and not settings.milvus_uri:
         raise ValueError(
@@ -551,9 +573,12 @@ def refresh_index(
         )
     started = time.perf_counter()
     report = RefreshReport()
-    documents, report.skipped = load_corpus(
-        settings.corpus_dir, int(settings.max_document_mb * 2**20), settings.ocr_languages, settings.cache_dir
-    )
+    if prepared is None:
+        documents, report.skipped = load_corpus(
+            settings.corpus_dir, int(settings.max_document_mb * 2**20), settings.ocr_languages, settings.cache_dir
+        )
+    else:
+        documents, report.skipped, embedder = prepared.documents, prepared.skipped, prepared.embedder
     with index_lock(settings.index_dir):
         old_manifest = read_manifest(settings.index_dir)
         indexed = len((old_manifest or {}).get("documents") or {})
@@ -571,7 +596,7 @@ def refresh_index(
                 old = load_index(settings.index_dir, embedder)
             except IndexError_ as exc:
                 report.rebuilt_because = f"the previous index could not be read ({exc})"
-        _plan_and_write(settings, embedder, documents, old, report)
+        _plan_and_write(settings, embedder, documents, old, report, prepared.chunked if prepared else {})
         _remove_stale(settings.index_dir)
     report.seconds = time.perf_counter() - started
     return report
@@ -583,8 +608,10 @@ def _plan_and_write(
     documents: list[Document],
     old: Index | None,
     report: RefreshReport,
+    chunked: dict[str, tuple[list[Chunk], list[list[str]]]] | None = None,
 ) -> None:
     old_docs = old.documents if old else {}
+    chunked = chunked or {}
     old_chunks_by_doc: dict[str, list[int]] = {}
     if old:
         for row, chunk in enumerate(old.chunks):
@@ -607,6 +634,12 @@ def _plan_and_write(
             chunks.extend(old.chunks[r] for r in rows)
             terms.extend(old.terms[r] for r in rows)
             report.unchanged.append(doc.doc_id)
+        elif doc.doc_id in chunked:  # chunked elsewhere (rag.ray_build), from this very text
+            made_chunks, made_terms = chunked[doc.doc_id]
+            chunks.extend(made_chunks)
+            terms.extend(_interned(t) for t in made_terms)
+            progress.update(len(doc.text))
+            (report.updated if previous else report.added).append(doc.doc_id)
         else:
             new_chunks = chunk_document(doc, embedder.count_tokens, settings.chunk_tokens, settings.chunk_overlap)
             chunks.extend(new_chunks)
