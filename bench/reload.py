@@ -1,0 +1,112 @@
+"""What a server pays to swap in a new generation: `load_index` of an index of N synthetic chunks.
+
+Run: python bench/reload.py --docs 20000 [--work /tmp/rag-reload] [--repeat 3]
+     python bench/reload.py --index-dir index           # an existing index (the bundled one), real model not needed
+
+The index is built once into --work from synthetic documents (bench/refresh.py's, 4 sentences of
+the bundled corpus each) with random 384-d vectors (the load does not depend on their values),
+then loaded --repeat times as a replica does when CURRENT moves (rag.live_index). Reported: the
+whole load, and the part of it spent in sha256 over the generation's files (rag.indexing._checksum),
+which item 1 of issue 18 ("verify lazily or from a stored digest") would remove; the rest is
+reading chunks.jsonl, the FAISS files, mapping BM25 and building the Index's lookup tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import emit  # noqa: E402
+from refresh import make_corpus  # noqa: E402
+
+import rag.indexing  # noqa: E402
+from rag.config import Settings  # noqa: E402
+from rag.indexing import current_generation, load_index, refresh_index  # noqa: E402
+
+
+class RandomEmbedder:
+    """384-d unit vectors from a hash of the text: the shape of multilingual-e5-small's, at no cost."""
+
+    name, dim = "random-384", 384
+
+    def embed_passages(self, texts):
+        rows = [np.random.default_rng(abs(hash(t)) % 2**32).standard_normal(self.dim) for t in texts]
+        vectors = np.asarray(rows, dtype=np.float32).reshape(len(texts), self.dim)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-9)
+
+    embed_queries = embed_passages
+
+    def count_tokens(self, texts):
+        return [len(t.split()) + sum(1 for ch in t if ord(ch) > 0x2E80) for t in texts]
+
+
+def timed_loads(index_dir: Path, repeat: int) -> dict:
+    real = rag.indexing._checksum
+    hashing = [0.0]
+
+    def checksum(path):
+        started = time.perf_counter()
+        try:
+            return real(path)
+        finally:
+            hashing[0] += time.perf_counter() - started
+
+    rag.indexing._checksum = checksum
+    loads, hashes = [], []
+    try:
+        for _ in range(repeat):
+            gc.collect()
+            hashing[0] = 0.0
+            started = time.perf_counter()
+            index = load_index(index_dir)
+            loads.append(time.perf_counter() - started)
+            hashes.append(hashing[0])
+    finally:
+        rag.indexing._checksum = real
+    gen = current_generation(index_dir)
+    size = sum(p.stat().st_size for p in gen.iterdir() if p.is_file())
+    return {
+        "chunks": len(index.chunks),
+        "sentences": len(index.sentence_vectors),
+        "generation_mb": round(size / 2**20, 1),
+        "load_s": [round(x, 3) for x in loads],
+        "checksum_s": [round(x, 3) for x in hashes],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs", type=int, default=20000)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/rag-reload"))
+    parser.add_argument("--index-dir", type=Path, help="time this existing index instead of building one")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    index_dir = args.index_dir
+    build_s = None
+    if index_dir is None:
+        corpus, index_dir = args.work / f"corpus-{args.docs}", args.work / f"index-{args.docs}"
+        if current_generation(index_dir) is None:
+            corpus.mkdir(parents=True, exist_ok=True)
+            make_corpus(corpus, args.docs)
+            started = time.perf_counter()
+            settings = Settings(corpus_dir=corpus, index_dir=index_dir, generation_grace_s=0)
+            refresh_index(settings, RandomEmbedder())
+            build_s = round(time.perf_counter() - started, 1)
+    figures = {"index_dir": str(index_dir), "build_s": build_s, **timed_loads(index_dir, args.repeat)}
+    rows = [
+        ("chunks / sentences", f"{figures['chunks']} / {figures['sentences']}"),
+        ("generation on disk", f"{figures['generation_mb']} MB"),
+        ("load_index (s)", ", ".join(f"{x:.3f}" for x in figures["load_s"])),
+        ("  of which sha256 (s)", ", ".join(f"{x:.3f}" for x in figures["checksum_s"])),
+    ]
+    emit("reload", figures, rows)
+
+
+if __name__ == "__main__":
+    main()
