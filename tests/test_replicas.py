@@ -248,6 +248,41 @@ def test_a_replica_page_has_no_upload_delete_or_refresh_and_their_calls_are_refu
     assert (snapshot(team_index), snapshot(settings.index_dir)) == before
 
 
+def test_rag_serve_replica_starts_without_a_corpus_and_never_refreshes(settings, embedder, writer, monkeypatch, capsys):
+    from rag import web
+
+    served = {}
+
+    class Page:  # stands in for the Gradio page: main() builds, launches, then serves until the index is ready
+        def __init__(self, library, *args) -> None:
+            served["library"] = library
+
+        def queue(self, **kwargs):
+            return self
+
+        def launch(self, **kwargs):
+            pass
+
+        def block_thread(self):
+            wait_for(lambda: served["library"].status("default") is None, what="the replica's start")
+
+    add_document(settings)  # the corpus changed: a writer would refresh at start, a replica must not
+    before = snapshot(settings.index_dir)
+    monkeypatch.setattr("rag.assistant.load_embedder", lambda name, cache_dir: embedder)
+    monkeypatch.setattr(web, "build_app", Page)
+    monkeypatch.setenv("RAG_INDEX_DIR", str(settings.index_dir))
+    monkeypatch.setenv("RAG_CORPUS_DIR", str(settings.corpus_dir.parent / "not-mounted-here"))
+    monkeypatch.setenv("RAG_REPLICA", "1")
+    monkeypatch.setenv("RAG_RERANK_SENTENCES", "0")  # no USE model to load while warming up
+    assert web.main([]) == 0
+    library = served["library"]
+    assert library.replica and library.failure("default") is None
+    assistant = library.assistant("default", None)
+    assert assistant.read_only and assistant.index.path == writer.index.path
+    assert "replica of the index in" in capsys.readouterr().err
+    assert snapshot(settings.index_dir) == before
+
+
 # --------------------------------------------------------------------------- the grace period
 
 
