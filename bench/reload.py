@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit  # noqa: E402
+from common import emit, summarize  # noqa: E402
 from refresh import make_corpus  # noqa: E402
 
 import rag.indexing  # noqa: E402
@@ -97,12 +97,53 @@ def timed_loads(index_dir: Path, repeat: int) -> dict:
     }
 
 
+QUESTIONS = [
+    "How many major scientific and technological achievements were shown at the forum?",
+    "第二届长三角一体化发展高层论坛集中展示了多少项重大科技成果?",
+    "Who is the chairman of the board of Huali Group?",
+    "The Yuandang Lake water system lies in which two districts?",
+]
+
+
+def latency_during_a_load(index_dir: Path, seconds: float) -> dict:
+    """Question latency (ms) with nothing else running, then while the same generation loads in a thread,
+    as it does when a server swaps in a new one (the load holds the GIL most of the time)."""
+    import threading
+
+    from rag.assistant import Assistant
+
+    settings = Settings(index_dir=index_dir, rerank_sentences=0, reload_check_s=float("inf"))
+    assistant = Assistant(settings, RandomEmbedder())
+    assistant.warm_up()
+
+    def ask_until(stop) -> list[float]:
+        times = []
+        for n in range(10**6):
+            if stop():
+                break
+            started = time.perf_counter()
+            assistant.ask(QUESTIONS[n % len(QUESTIONS)])
+            times.append((time.perf_counter() - started) * 1000)
+        return times
+
+    deadline = time.monotonic() + seconds
+    idle = ask_until(lambda: time.monotonic() > deadline)
+    loader = threading.Thread(target=lambda: load_index(index_dir))
+    loader.start()
+    during = ask_until(lambda: not loader.is_alive())
+    loader.join()
+    return {"idle_ms": summarize(idle), "during_load_ms": summarize(during)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=20000)
     parser.add_argument("--work", type=Path, default=Path("/tmp/rag-reload"))
     parser.add_argument("--index-dir", type=Path, help="time this existing index instead of building one")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--latency", type=float, default=0, metavar="S", help="also time questions for S s idle, then during a load"
+    )
     args = parser.parse_args()
     index_dir = args.index_dir
     build_s = None
@@ -124,6 +165,10 @@ def main() -> None:
         (f"  {stage} (s)", ", ".join(f"{run.get(stage, 0.0):.3f}" for run in figures["stages_s"]))
         for _, _, stage in STAGES
     ]
+    if args.latency:
+        figures |= latency_during_a_load(index_dir, args.latency)
+        for key in ("idle_ms", "during_load_ms"):
+            rows.append((f"question {key[:-3]} p50 / p95 (ms)", f"{figures[key]['p50']} / {figures[key]['p95']}"))
     emit("reload", figures, rows)
 
 
