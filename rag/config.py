@@ -209,8 +209,8 @@ class Settings:
     # (written by `rag index`, or by the server that writes it) at most this often (rag.live_index).
     reload_check_s: float = option(
         2.0,
-        flag="--reload-check",
-        env="RAG_RELOAD_CHECK",
+        flag="--reload-check-seconds",
+        env="RAG_RELOAD_CHECK_SECONDS",
         help="seconds between looks at the index for a generation another process wrote, which is then "
         "loaded in the background and swapped in; 0 looks before every question",
     )
@@ -218,8 +218,8 @@ class Settings:
     # replicas still loading or serving it; the first refresh after that deletes it (rag.indexing).
     generation_grace_s: float = option(
         GENERATION_GRACE_S,
-        flag="--generation-grace",
-        env="RAG_GENERATION_GRACE",
+        flag="--generation-grace-seconds",
+        env="RAG_GENERATION_GRACE_SECONDS",
         help="seconds a replaced index generation is kept for replicas still loading or serving it; "
         "0 deletes it as soon as a newer one is current",
     )

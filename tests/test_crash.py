@@ -76,7 +76,7 @@ def rag_index(corpus: Path, index_dir: Path, model: Path, *extra: str) -> list[s
     return [sys.executable, "-m", "rag.cli", "index", "--corpus", str(corpus), "--index-dir", str(index_dir)] + [
         "--model",
         str(model),
-        "--generation-grace",
+        "--generation-grace-seconds",
         "0",
         *extra,
     ]

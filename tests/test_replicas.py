@@ -320,7 +320,8 @@ def test_a_replica_still_on_a_kept_generation_answers_after_the_writer_moved_on(
     writer.refresh(rebuild=True)  # two generations later, within the grace: the replica's is kept
     assert old.is_dir() and set(generations(settings.index_dir)) >= {old.name}
     assert replica._live.loaded.path == old
-    assert "alpha.txt" in cited(replica.ask(OLD_QUESTION))
+    assert "alpha.txt" in cited(replica.ask(OLD_QUESTION))  # from `old`; it notices, and loads the live one
+    wait_for(lambda: replica._live.loaded.path == writer.index.path, what="the replica's swap")
     # A replica that starts now (mid-grace) loads the live one, not a kept one.
     assert Assistant(replica.settings, replica.embedder, read_only=True).index.path == writer.index.path
 
@@ -366,7 +367,7 @@ def test_two_replica_servers_follow_rag_index_in_a_third_process(tmp_path, model
         "RAG_CORPUS_DIR": str(corpus),
         "RAG_INDEX_DIR": str(index_dir),
         "RAG_RERANK_SENTENCES": "0",  # the USE model is not what this tests: quicker starts
-        "RAG_RELOAD_CHECK": "1",
+        "RAG_RELOAD_CHECK_SECONDS": "1",
     }
 
     def run_index() -> None:
@@ -427,7 +428,7 @@ def test_two_replica_servers_follow_rag_index_in_a_third_process(tmp_path, model
         for n, server in enumerate(servers):
             assert server.poll() is None  # no restart
             assert f"now answering from {live}" in logs[n].read_text()
-        # The writer kept the replaced generation for the replicas (RAG_GENERATION_GRACE's default).
+        # The writer kept the replaced generation for the replicas (RAG_GENERATION_GRACE_SECONDS's default).
         assert len(generations(index_dir)) == 2
     finally:
         for server in servers:
