@@ -22,8 +22,9 @@ PROJECT_ROOT = PACKAGE_DIR.parent
 # site-packages there, and the bundled data inside the package (pyproject's package-dir).
 IN_CHECKOUT = (PROJECT_ROOT / "pyproject.toml").is_file() and (PROJECT_ROOT / "corpus").is_dir()
 DEFAULT_EMBED_MODEL = "multilingual-e5-small"
-# Ten minutes: a replica notices a new generation within seconds and loads even a large one in
-# well under a minute, and an answer in flight finishes within the LLM timeout.
+# Ten minutes: a replica notices a new generation within seconds (NFS: up to a minute), loads
+# 150k chunks in under a minute (1M: ~3 min, extrapolated; bench/RESULTS.md "Replicas"), and an
+# answer in flight finishes within the LLM timeout.
 GENERATION_GRACE_S = 600.0
 
 
