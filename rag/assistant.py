@@ -2,35 +2,53 @@
 
 It owns the index's life cycle for callers (CLI, web chat, eval): builds it when missing,
 refreshes it when the corpus changed, and swaps in a refreshed index only once it is complete,
-so questions are always answered from a whole generation. Trade-off: staleness is judged from
-file sizes and modification times, so a same-size edit within the clock's resolution is missed
-until the next explicit `rag index`.
+so questions are always answered from a whole generation. A generation another process wrote
+(`rag index`, the server that writes a shared index) is noticed and swapped in too
+(rag.live_index). A read-only Assistant (a replica server's) never writes the index: it waits
+for one to exist and follows it. Trade-off: staleness is judged from file sizes and modification
+times, so a same-size edit within the clock's resolution is missed until the next explicit `rag index`.
 """
 
 from __future__ import annotations
 
 import re
+import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 
 from rag.answer import Answer, extractive_answer, question_parts
 from rag.config import Settings
 from rag.documents import iter_document_paths
 from rag.embeddings import Embedder, load_embedder
-from rag.indexing import Index, RefreshReport, load_index, read_manifest, refresh_index
+from rag.indexing import Index, IndexError_, IndexMissingError, RefreshReport, load_index, read_manifest, refresh_index
 from rag.judge import Candidate, answerable, judge, load_answer_judge, rerank
+from rag.live_index import LiveIndex
 from rag.llm import LLMAnswerer, LLMError, final_answer, llm_configured
 from rag.rerank import load_judge
 from rag.retrieval import Retrieval, retrieve
 
 
+class ReadOnlyIndexError(RuntimeError):
+    """A write asked of an Assistant that only reads its index (a replica server's)."""
+
+
+REPLICA_NOTE = (
+    "This server is a replica: it answers from an index that another process writes (`rag index`, "
+    "or the one server started without --replica), and picks up each new version by itself. "
+    "Add, delete or refresh documents there. · 此服务器为只读副本：请在写入索引的服务器或用 `rag index` 更新文档。"
+)
+
+
 class Assistant:
-    def __init__(self, settings: Settings, embedder: Embedder | None = None) -> None:
+    def __init__(self, settings: Settings, embedder: Embedder | None = None, read_only: bool = False) -> None:
         self.settings = settings
+        self.read_only = read_only
         self.embedder = embedder or load_embedder(settings.embed_model, settings.cache_dir)
-        self._index: Index | None = None
+        self._live = LiveIndex(
+            settings.index_dir, lambda: load_index(settings.index_dir, self.embedder), settings.reload_check_s
+        )
         self._refresh_lock = threading.Lock()
         # With an LLM server configured, answers are generated, verified, and fall back to quotes.
         self.llm = LLMAnswerer(settings, self.embedder) if llm_configured(settings) else None
@@ -51,9 +69,45 @@ class Assistant:
 
     @property
     def index(self) -> Index:
-        if self._index is None:
-            self._index = load_index(self.settings.index_dir, self.embedder)
-        return self._index
+        """The generation to answer from; a newer one another process wrote is swapped in (rag.live_index)."""
+        return self._live.get()
+
+    def follow_index(self) -> bool:
+        """Swap in the generation CURRENT names now, if it is another; True when it was (failures are logged)."""
+        return self._live.follow()
+
+    def watch_index(self) -> None:
+        """Follow the index from a background thread too, so that an idle server leaves an old generation."""
+        self._live.watch()
+
+    def wait_for_index(
+        self, report: Callable[[str], None] = lambda stage: None, stop: threading.Event | None = None
+    ) -> Index:
+        """Wait until the index exists and loads, looking again every few seconds; report why not meanwhile.
+
+        For a replica, whose index another process builds: a missing index, or one that cannot be
+        loaded yet (being copied, built with another model), is waited for rather than failed on.
+        """
+        stop = stop or threading.Event()
+        said = None
+        while True:
+            try:
+                index = self._live.load(only_if_missing=True)
+                if said is not None:
+                    print(f"index {self.settings.index_dir}: answering from {index.path.name}", file=sys.stderr)
+                return index
+            except IndexMissingError:
+                why = (
+                    f"waiting for the index in {self.settings.index_dir} (`rag index` or the writing server builds it)"
+                )
+            except IndexError_ as exc:
+                why = f"waiting for a usable index in {self.settings.index_dir}: {exc}"
+            report(why)
+            if why != said:
+                print(why, file=sys.stderr, flush=True)
+                said = why
+            if stop.wait(max(self.settings.reload_check_s, 1.0)):
+                raise IndexMissingError(why)
 
     def is_stale(self) -> bool:
         """True when the index is missing or the corpus differs from what it was built from."""
@@ -79,14 +133,18 @@ class Assistant:
 
         `allow_empty`: the corpus was emptied on purpose (its last document deleted from the chat).
         """
+        if self.read_only:
+            raise ReadOnlyIndexError(REPLICA_NOTE)
         with self._refresh_lock:
             report = refresh_index(self.settings, self.embedder, rebuild=rebuild, allow_empty=allow_empty)
-            if report.changed or self._index is None:
-                self._index = load_index(self.settings.index_dir, self.embedder)
+            if report.changed or self._live.loaded is None:
+                self._live.load()
             return report
 
     def ensure_index(self) -> RefreshReport | None:
-        """Build or refresh the index if it is missing or stale; None when it was current."""
+        """Build or refresh the index if it is missing or stale; None when it was current (or is read-only)."""
+        if self.read_only:
+            return None
         if self.is_stale():
             return self.refresh()
         return None

@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 
 from rag import collection
-from rag.config import USER_SETTINGS, Settings, bundled
+from rag.config import REPLICA_HELP, USER_SETTINGS, Settings, bundled, env_flag
 
 EXAMPLES = """\
 examples:
@@ -23,6 +23,7 @@ examples:
   rag eval --out eval/report
   rag eval --compare eval/report-before/report.json eval/report/report.json
   rag serve --port 7860
+  RAG_INDEX_DIR=/shared/index rag serve --replica --port 7861
   rag collection create contracts --users alice,bob
   rag index --collection contracts
   rag ask --collection contracts "What does the contract say about renewal?"
@@ -40,6 +41,7 @@ environment variables (a flag wins over its variable):
         f"  {'RAG_HOST':<24} rag serve --host",
         f"  {'RAG_PORT':<24} rag serve --port",
         f"  {'RAG_AUTH_FILE':<24} rag serve / rag user --auth-file: the users file; without it, no login",
+        f"  {'RAG_REPLICA':<24} rag serve --replica (1): serve an index another process writes",
     ]
 )
 
@@ -224,7 +226,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.calibrate:
         # Answer everything, then sweep the abstention threshold over the recorded evidence.
         settings = settings.with_(abstain_threshold=float("-inf"))
-    assistant = _assistant(settings)
+    # Every question from one generation: a `rag index` meanwhile is not followed mid-run (rag.live_index).
+    assistant = _assistant(settings.with_(reload_check_s=float("inf")))
     report = evaluate.run_eval(assistant, [Path(p) for p in args.qa], progress=True)
     if args.calibrate:
         result = evaluate.calibrate(report["questions"])
@@ -250,6 +253,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     argv = ["--host", args.host, "--port", str(args.port)]
     argv += ["--auth-file", args.auth_file] if args.auth_file else []
     argv += ["--insecure-open"] if args.insecure_open else []
+    argv += ["--replica"] if args.replica else []
     return serve(argv, settings=_settings(args, resolve=False))
 
 
@@ -427,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="listen on a non-loopback --host without a users file: anyone who reaches it can ask",
     )
+    p.add_argument("--replica", action="store_true", default=env_flag("RAG_REPLICA"), help=REPLICA_HELP)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(

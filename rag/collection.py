@@ -159,11 +159,17 @@ class Library:
     """One Assistant per collection, made on first use and kept; they share one embedder.
 
     For the web chat, where each browser may be on another collection. A user without access
-    gets a CollectionError before anything is loaded.
+    gets a CollectionError before anything is loaded. A `replica` library never builds or
+    refreshes an index (its Assistants are read-only): a collection whose index does not exist
+    yet is NotReady. With `watch`, each Assistant follows its index from a background thread.
     """
 
-    def __init__(self, base: Settings, first: Assistant | None = None) -> None:
+    def __init__(
+        self, base: Settings, first: Assistant | None = None, replica: bool = False, watch: bool = False
+    ) -> None:
         self.base = base
+        self.replica = replica
+        self.watch = watch
         self._assistants: dict[str, Assistant] = {}
         if first is not None:
             self._assistants[first.settings.collection] = first
@@ -191,6 +197,8 @@ class Library:
             else:
                 with self._lock:
                     self._assistants[name] = assistant
+                if self.watch:
+                    assistant.watch_index()
             finally:
                 self._building.pop(name, None)
 
@@ -223,6 +231,11 @@ class Library:
         collection = self.collection(name, user)
         status = self.status(name)
         if status is not None:
+            if self.replica:
+                raise NotReady(
+                    f"This server is waiting for the index: {status}. Questions are answered when it is ready. · "
+                    "正在等待索引，完成后即可提问。"
+                )
             raise NotReady(
                 f"The index is being built: {status}. Questions are answered when it is ready. · "
                 "正在建立索引，完成后即可提问。"
@@ -234,7 +247,21 @@ class Library:
                 from rag.assistant import Assistant
 
                 shared = next(iter(self._assistants.values()), None)
-                assistant = Assistant(collection.settings(self.base), shared.embedder if shared else None)
-                assistant.ensure_index()  # a missing corpus folder raises here, and is tried again next time
+                embedder = shared.embedder if shared else None
+                assistant = Assistant(collection.settings(self.base), embedder, read_only=self.replica)
+                if not self.replica:
+                    assistant.ensure_index()  # a missing corpus folder raises here, and is tried again next time
                 self._assistants[name] = assistant
+                if self.watch:
+                    assistant.watch_index()
+        if self.replica:
+            from rag.indexing import IndexMissingError
+
+            try:
+                assistant.index  # noqa: B018 - loads it on first use, or says it is not there yet
+            except IndexMissingError as exc:
+                raise NotReady(
+                    f"The collection {name!r} has no index yet: this server is a replica, and answers once "
+                    "`rag index` or the writing server has built it. · 索引尚未建立。"
+                ) from exc
         return assistant

@@ -22,6 +22,10 @@ PROJECT_ROOT = PACKAGE_DIR.parent
 # site-packages there, and the bundled data inside the package (pyproject's package-dir).
 IN_CHECKOUT = (PROJECT_ROOT / "pyproject.toml").is_file() and (PROJECT_ROOT / "corpus").is_dir()
 DEFAULT_EMBED_MODEL = "multilingual-e5-small"
+# Ten minutes: a replica notices a new generation within seconds (NFS: up to a minute), loads
+# 150k chunks in under a minute (1M: ~3 min, extrapolated; bench/RESULTS.md "Replicas"), and an
+# answer in flight finishes within the LLM timeout.
+GENERATION_GRACE_S = 600.0
 
 
 def _home() -> Path | None:
@@ -213,6 +217,24 @@ class Settings:
     llm_timeout: float = option(
         60.0, flag="--llm-timeout", env="RAG_LLM_TIMEOUT", help="seconds to wait for the LLM server"
     )
+    # A server answers from the generation the index's CURRENT names, and looks for a newer one
+    # (written by `rag index`, or by the server that writes it) at most this often (rag.live_index).
+    reload_check_s: float = option(
+        2.0,
+        flag="--reload-check-seconds",
+        env="RAG_RELOAD_CHECK_SECONDS",
+        help="seconds between looks at the index for a generation another process wrote, which is then "
+        "loaded in the background and swapped in; 0 looks before every question",
+    )
+    # A replaced generation stays on disk (and its Milvus collections in Milvus) this long, for
+    # replicas still loading or serving it; the first refresh after that deletes it (rag.indexing).
+    generation_grace_s: float = option(
+        GENERATION_GRACE_S,
+        flag="--generation-grace-seconds",
+        env="RAG_GENERATION_GRACE_SECONDS",
+        help="seconds a replaced index generation is kept for replicas still loading or serving it; "
+        "0 deletes it as soon as a newer one is current",
+    )
     # Passages sent to the LLM are dropped from the end, whole, until they fit this many tokens.
     llm_context_tokens: int = 1500
     llm_max_tokens: int = 400
@@ -276,3 +298,16 @@ class UserSetting:
 # The table, in declaration order, and each setting's environment variable by field name.
 USER_SETTINGS = tuple(UserSetting.of(f) for f in fields(Settings) if "env" in f.metadata)
 ENV_VARS = {s.name: s.env for s in USER_SETTINGS}
+
+
+# `rag serve --replica` (RAG_REPLICA=1): a flag of the server, not a Settings field (rag.web).
+REPLICA_HELP = (
+    "serve an index that another process writes (`rag index`, or one `rag serve` without --replica) on "
+    "shared storage: never build, refresh or upload; wait for the index if it is not there yet, and pick "
+    "up each new generation without a restart [RAG_REPLICA=1]"
+)
+
+
+def env_flag(name: str) -> bool:
+    """An on/off environment variable: 1, true, yes or on (any case) is on."""
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")

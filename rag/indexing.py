@@ -10,6 +10,8 @@ FAISS files and raw arrays only, never pickle. Refresh is incremental by content
 are unchanged is not re-chunked, and a chunk or sentence whose text is unchanged keeps its vector.
 With `vector_backend` milvus, `chunks.milvus.json` and `sentences.milvus.json` stand in for the
 `.faiss` files: each names a Milvus collection made for that generation (rag.milvus).
+The replaced generation is deleted once `generation_grace_s` has passed, for replicas still
+loading or serving it (_remove_stale).
 Trade-off: each refresh rewrites the (small) metadata files whole.
 """
 
@@ -33,7 +35,7 @@ import numpy as np
 
 from rag import __version__
 from rag.chunking import Chunk, Sentence, chunk_document, int_id
-from rag.config import Settings
+from rag.config import GENERATION_GRACE_S, Settings
 from rag.crosslingual import document_terms
 from rag.documents import CorpusEmptyError, Document, LoadError, is_chinese, load_corpus, normalize
 from rag.embeddings import Embedder
@@ -432,27 +434,53 @@ def _write_generation(
         os.fsync(fh.fileno())
     os.replace(pointer, index_dir / "CURRENT")
     _fsync_dir(index_dir)
-    _remove_stale(index_dir)
-    return final
+    return final  # the caller sweeps the replaced generation when its grace is over (_remove_stale)
 
 
-def _remove_stale(index_dir: Path) -> None:
-    """Delete generations CURRENT does not name, and staging folders a killed run left behind.
+RETIRED = "RETIRED"  # in a replaced generation's folder: when a sweep first found it replaced
 
-    Called with the lock held. A reader still verifying an older generation sees CURRENT move
-    and re-reads (see load_index); a loaded index holds its data in memory, except bm25.bin,
-    which it memory-maps: a deleted file's pages stay readable while mapped (POSIX).
+
+def _remove_stale(index_dir: Path, grace_s: float = GENERATION_GRACE_S) -> None:
+    """Delete generations CURRENT has not named for `grace_s` seconds, and staging folders a killed run left.
+
+    Called with the lock held. A replaced generation is kept for `grace_s` seconds, timed from the
+    first sweep that finds it replaced (right after CURRENT moves; recorded in its RETIRED file),
+    for replicas still loading or serving it: a loaded index holds its data in memory except
+    bm25.bin, which it memory-maps, and a deleted file's pages stay readable while mapped on a
+    local disk (POSIX) but not on NFS; a Milvus generation's collections go with its folder. It is
+    deleted by the first sweep after that (every refresh sweeps). A reader still verifying a
+    generation that is deleted sees CURRENT moved and re-reads (see load_index).
     """
     live = current_generation(index_dir)
+    kept = [live] if live is not None else []
     for old in index_dir.glob("gen-*"):
-        if live is not None and old != live:
-            _drop_collections(old)
-            shutil.rmtree(old, ignore_errors=True)
+        if live is None or old == live or not old.is_dir():
+            continue
+        if grace_s > 0 and _seconds_retired(old) < grace_s:
+            kept.append(old)
+            continue
+        _drop_collections(old)
+        shutil.rmtree(old, ignore_errors=True)
     for stale in index_dir.glob(".gen-*.tmp"):
         _drop_collections(stale)
         shutil.rmtree(stale, ignore_errors=True)
     if live is not None and any(live.glob("*.milvus.json")):
-        _drop_orphan_collections(index_dir, live)
+        _drop_orphan_collections(index_dir, kept)
+
+
+def _seconds_retired(gen: Path) -> float:
+    """How long ago a sweep first found `gen` replaced: 0 the first time, when it records the time."""
+    marker = gen / RETIRED
+    try:
+        return time.time() - float(marker.read_text(encoding="ascii"))
+    except FileNotFoundError:
+        with contextlib.suppress(OSError):
+            marker.write_text(f"{time.time():.3f}\n", encoding="ascii")
+        return 0.0
+    except (OSError, ValueError):  # unreadable: its own modification time says when it was written
+        with contextlib.suppress(OSError):
+            return time.time() - marker.stat().st_mtime
+        return 0.0
 
 
 def _drop_collections(gen_dir: Path) -> None:
@@ -463,12 +491,12 @@ def _drop_collections(gen_dir: Path) -> None:
         drop_described(gen_dir)
 
 
-def _drop_orphan_collections(index_dir: Path, live: Path) -> None:
-    """Collections of this index that no generation names: a refresh killed before its folder existed."""
+def _drop_orphan_collections(index_dir: Path, kept: list[Path]) -> None:
+    """Collections of this index that no kept generation names: a refresh killed before its folder existed."""
     from rag.milvus import MilvusUnavailableError, drop_orphans
 
     try:
-        descriptors = [json.loads(p.read_text(encoding="utf-8")) for p in live.glob("*.milvus.json")]
+        descriptors = [json.loads(p.read_text(encoding="utf-8")) for gen in kept for p in gen.glob("*.milvus.json")]
         uri = os.environ.get("RAG_MILVUS_URI") or descriptors[0]["uri"]
         drop_orphans(uri, index_dir, {d["collection"] for d in descriptors})
     except (OSError, ValueError, KeyError, MilvusUnavailableError):
@@ -597,7 +625,7 @@ def refresh_index(
             except IndexError_ as exc:
                 report.rebuilt_because = f"the previous index could not be read ({exc})"
         _plan_and_write(settings, embedder, documents, old, report, prepared.chunked if prepared else {})
-        _remove_stale(settings.index_dir)
+        _remove_stale(settings.index_dir, settings.generation_grace_s)
     report.seconds = time.perf_counter() - started
     return report
 

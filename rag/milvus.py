@@ -15,14 +15,15 @@ How index generations map to Milvus (rag.indexing):
   (collection, dimension, index kind, vector count, URI), checksummed in the manifest like any
   file. Load checks the collection still holds that many vectors: a dropped or altered collection
   is reported as a damaged index, never served silently.
-- When an old generation folder is removed, its collections are dropped; collections of this
-  index that no live descriptor names (a killed refresh) are dropped too.
+- When an old generation folder is removed (after its grace period, for replicas still serving
+  it), its collections are dropped; collections of this index that no kept descriptor names (a
+  killed refresh) are dropped too.
 - Unchanged vectors are carried into the new generation by id (`get`), as with FAISS, so a
   refresh never re-embeds them and switching backends needs no re-embedding either.
 
 Trade-offs: the whole collection is rewritten on each refresh, as the FAISS store is (segments
-are issue 18's item 1); a server process still serving an old generation finds its collections
-gone after the next refresh and must reload (the FAISS store holds its vectors in memory). The
+are issue 18's item 1); a server still serving an old generation must move to the new one
+(rag.live_index) before its grace period ends and its collections are dropped. The
 collection prefix comes from the index folder's absolute path: two deployments that share one
 Milvus server and the same index path must use separate Milvus databases (`.../dbname` in the URI).
 Index kinds map to Milvus's: flat -> FLAT, hnsw -> HNSW (same M, efConstruction, ef as

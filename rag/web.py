@@ -12,7 +12,10 @@ waits. Gradio is imported only when a page is built: importing this module stays
 No `from __future__ import annotations` here: Gradio finds the `gr.Request` it passes to a
 handler by the handler's evaluated annotations, and `gr` is imported inside build_app.
 
-    rag serve [--host 127.0.0.1] [--port 7860] [--auth-file FILE]     (or, in a checkout: python app.py)
+    rag serve [--host 127.0.0.1] [--port 7860] [--auth-file FILE] [--replica]   (or, in a checkout: python app.py)
+
+With --replica the server only reads the index (another process writes it: README "Replicas"):
+the page has no upload, delete or refresh, and those calls are refused.
 """
 
 import argparse
@@ -27,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from rag import auth
 from rag.answer import language_of
-from rag.assistant import Assistant, QuestionError, validate_question
+from rag.assistant import REPLICA_NOTE, Assistant, QuestionError, validate_question
 from rag.chat import (
     document_choices,
     document_html,
@@ -42,7 +45,7 @@ from rag.chat import (
     sources_html,
 )
 from rag.collection import DEFAULT, CollectionError, Library, get, visible_to
-from rag.config import Settings
+from rag.config import REPLICA_HELP, Settings, env_flag
 from rag.documents import iter_document_paths
 from rag.formats import SUFFIXES
 from rag.history import History, NotFound
@@ -252,6 +255,7 @@ def build_app(library: Library, history: History, collection: str = DEFAULT) -> 
 
     keep = gr.skip()
     empty_sources = sources_html(None)
+    replica = bool(getattr(library, "replica", False))  # reads an index another process writes
     upload_mb = library.base.max_upload_mb if hasattr(library, "base") else Settings().max_upload_mb
 
     def fresh_conversation():
@@ -468,7 +472,9 @@ def build_app(library: Library, history: History, collection: str = DEFAULT) -> 
         except (CollectionError, IndexError_, FileNotFoundError) as exc:
             return _hint(str(exc)), gr.update(choices=[], value=None)
         note = ""
-        if name == DEFAULT:
+        if replica:
+            note = f'<p class="upload-note">{escape_html(REPLICA_NOTE)}</p>'
+        elif name == DEFAULT:
             note = (
                 '<p class="upload-note">The default collection is the bundled (or --corpus) folder: to add '
                 "documents from this page, create a collection (<code>rag collection create NAME</code>) "
@@ -477,6 +483,8 @@ def build_app(library: Library, history: History, collection: str = DEFAULT) -> 
         return note + index_html(index.manifest), gr.update(choices=document_choices(index), value=None)
 
     def refresh(name: str, request: gr.Request, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio's idiom)
+        if replica:
+            return keep, keep, REPLICA_NOTE
         progress(0, desc="Reading documents, embedding what changed…")
         try:
             report = library.assistant(name, _user(request)).refresh()
@@ -495,6 +503,8 @@ def build_app(library: Library, history: History, collection: str = DEFAULT) -> 
         user = _user(request)
         if not paths:
             return keep, keep, keep, keep
+        if replica:
+            return _upload_report([], [(p.name, REPLICA_NOTE) for p in paths], None), None, keep, keep, keep
         try:
             target = corpus_for_upload(library.collection(name, user), library.base)
             library.assistant(name, user)  # not built yet (first start): say so before storing anything
@@ -522,6 +532,8 @@ def build_app(library: Library, history: History, collection: str = DEFAULT) -> 
 
     def ask_delete(doc_id: str | None, name: str, request: gr.Request):
         """First step of deleting a document: name it and show the confirmation. Outputs: status, confirm row."""
+        if replica:
+            return _hint(REPLICA_NOTE), gr.update(visible=False)
         if not doc_id:
             return _hint("Choose a document to delete first."), gr.update(visible=False)
         try:
@@ -533,6 +545,8 @@ def build_app(library: Library, history: History, collection: str = DEFAULT) -> 
 
     def delete_document(doc_id: str | None, name: str, request: gr.Request):
         """Outputs: status, confirm row, index panel, delete picker."""
+        if replica:
+            return _hint(REPLICA_NOTE), gr.update(visible=False), keep, keep, keep
         user = _user(request)
         try:
             target = corpus_for_upload(library.collection(name, user), library.base)
@@ -555,6 +569,8 @@ def build_app(library: Library, history: History, collection: str = DEFAULT) -> 
         status = library.status(name) if hasattr(library, "status") else None
         if status is not None:
             text = f"Building the index: {status}. Questions are answered when it is ready. · 正在建立索引……"
+            if replica:
+                text = f"Waiting for the index: {status}. Questions are answered when it is ready. · 正在等待索引……"
             return f'<p class="starting" role="status">{escape_html(text)}</p>', keep, keep, keep, keep
         failed = library.failure(name) if hasattr(library, "failure") else None
         panel, doc_picker = show_index(name, request)
@@ -642,9 +658,13 @@ def build_app(library: Library, history: History, collection: str = DEFAULT) -> 
                             open_btn = gr.Button("Open · 打开", scale=1, min_width=100, elem_id="open-doc")
                         viewer = gr.HTML("", elem_id="document", js_on_load=SCROLL_TO_FIRST_MARK)
             with gr.Tab("Index · 索引"):
+                # A replica writes nothing: no upload, delete or refresh (its handlers refuse them too),
+                # and the index panel says where documents are added instead.
+                writes = not replica
                 gr.Markdown(
                     "**Add documents · 上传文档** to the chosen collection: "
-                    f"{', '.join(sorted(SUFFIXES))}; up to {upload_mb:g} MB each."
+                    f"{', '.join(sorted(SUFFIXES))}; up to {upload_mb:g} MB each.",
+                    visible=writes,
                 )
                 upload_box = gr.File(
                     file_count="multiple",
@@ -652,9 +672,10 @@ def build_app(library: Library, history: History, collection: str = DEFAULT) -> 
                     label="Drop files here or click to choose · 拖放或选择文件",
                     elem_id="upload",
                     height=140,
+                    visible=writes,
                 )
                 upload_report = gr.HTML("", elem_id="upload-report")
-                with gr.Row(equal_height=True):
+                with gr.Row(equal_height=True, visible=writes):
                     delete_pick = gr.Dropdown(
                         choices=[], show_label=False, container=False, scale=4, elem_id="delete-pick"
                     )
@@ -667,10 +688,15 @@ def build_app(library: Library, history: History, collection: str = DEFAULT) -> 
                 gr.Markdown(
                     "Refreshing re-reads the collection's folder and embeds only what changed. "
                     "The chat keeps answering from the current index until the new one is complete. · "
-                    "刷新时只重新嵌入有变化的文档，完成前问答继续使用当前索引。"
+                    "刷新时只重新嵌入有变化的文档，完成前问答继续使用当前索引。",
+                    visible=writes,
                 )
-                refresh_btn = gr.Button("Refresh index · 刷新索引", variant="primary", elem_id="refresh")
-                refresh_status = gr.Textbox(label="Last refresh", interactive=False, lines=3, elem_id="refresh-status")
+                refresh_btn = gr.Button(
+                    "Refresh index · 刷新索引", variant="primary", elem_id="refresh", visible=writes
+                )
+                refresh_status = gr.Textbox(
+                    label="Last refresh", interactive=False, lines=3, elem_id="refresh-status", visible=writes
+                )
 
         ask_inputs = [question, chatbot, asked, picker_collection, conversation, message_ids]
         outputs = [question, chatbot, sources, picker, asked, spans, hint, conversation, message_ids, conversations]
@@ -769,6 +795,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None, prog: 
     parser.add_argument(
         "--insecure-open", action="store_true", help="listen on a non-loopback --host without a users file"
     )
+    parser.add_argument("--replica", action="store_true", default=env_flag("RAG_REPLICA"), help=REPLICA_HELP)
     args = parser.parse_args(argv)
 
     users_file = Path(args.auth_file).expanduser() if args.auth_file else auth.auth_file()
@@ -796,7 +823,13 @@ def main(argv: list[str] | None = None, settings: Settings | None = None, prog: 
     default_settings = get(DEFAULT).settings(base)
     has_index = read_manifest(default_settings.index_dir) is not None
     corpus = default_settings.corpus_dir
-    if not corpus.is_dir() or next(iter_document_paths(corpus), None) is None:
+    if args.replica:
+        print(
+            f"{prog}: replica of the index in {default_settings.index_dir}, which is never written here; "
+            f"it is looked at every {default_settings.reload_check_s:g} s and a new generation swapped in",
+            file=sys.stderr,
+        )
+    elif not corpus.is_dir() or next(iter_document_paths(corpus), None) is None:
         problem = f"the corpus folder {corpus} {'is empty' if corpus.is_dir() else 'does not exist'}"
         if not has_index:
             print(f"{prog}: cannot build the index: {problem}", file=sys.stderr)
@@ -808,7 +841,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None, prog: 
     except (OSError, sqlite3.Error) as exc:
         print(f"{prog}: cannot open the conversation history {history_path()}: {exc}", file=sys.stderr)
         return 1
-    library = Library(base)
+    library = Library(base, replica=args.replica, watch=True)
 
     def build(report) -> Assistant:
         """The default collection's Assistant with its index current, then warmed up (a thread's work)."""
@@ -821,6 +854,16 @@ def main(argv: list[str] | None = None, settings: Settings | None = None, prog: 
                 print(f"index refreshed: {refreshed.summary()}", file=sys.stderr)
         report("loading the index and the answer judge")
         assistant.warm_up()  # what the first question would wait for
+        return assistant
+
+    def follow(report) -> Assistant:
+        """A replica's default Assistant: it waits for the index another process builds, then warms up."""
+        report("loading the embedding model")
+        assistant = Assistant(default_settings, read_only=True)
+        report("loading the index")
+        assistant.wait_for_index(report)  # as long as it takes, saying why in the page and on stderr
+        report("loading the answer judge")
+        assistant.warm_up()
         return assistant
 
     # No cyclic garbage collection while starting: its passes over the objects Gradio's import
@@ -854,7 +897,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None, prog: 
         gc.enable()
     # The page is up at once; the index is built (or checked) and loaded meanwhile, its progress
     # shown in the page, and the other collection a browser starts on is opened after it.
-    builder = library.prepare(DEFAULT, build)
+    builder = library.prepare(DEFAULT, follow if args.replica else build)
     if start.name != DEFAULT:
         threading.Thread(target=_open_later, args=(library, builder, start.name, prog), daemon=True).start()
     demo.block_thread()

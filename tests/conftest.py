@@ -191,4 +191,7 @@ def settings(tmp_path: Path, corpus_dir: Path) -> Settings:
         # for the questions these documents answer, under 0.003 for those they do not.
         abstain_threshold=0.01,
         rerank_sentences=0,  # the sentence encoder is a model too: tests/test_rerank.py brings its own
+        # A replaced generation is deleted at once, so a test sees one refresh's result alone;
+        # tests/test_replicas.py keeps them for a grace period, as a deployment does by default.
+        generation_grace_s=0,
     )

@@ -72,9 +72,12 @@ def write_corpus(folder: Path, version: int) -> Path:
 
 
 def rag_index(corpus: Path, index_dir: Path, model: Path, *extra: str) -> list[str]:
+    # No grace period: a replaced generation left behind would read as debris of a killed run.
     return [sys.executable, "-m", "rag.cli", "index", "--corpus", str(corpus), "--index-dir", str(index_dir)] + [
         "--model",
         str(model),
+        "--generation-grace-seconds",
+        "0",
         *extra,
     ]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ import pytest
 import rag.indexing
 from rag.assistant import Assistant
 from rag.config import PROJECT_ROOT
-from rag.indexing import IndexError_, current_generation, load_index, refresh_index
+from rag.indexing import RETIRED, IndexError_, current_generation, load_index, refresh_index
 
 QUESTIONS = [
     "What carries tourists between the islands?",
@@ -124,6 +125,23 @@ def test_refresh_on_milvus_removes_edited_and_deleted_vectors_and_old_collection
     assert collections_of(milvus) == live_collections(milvus)
     assert not collections_of(milvus) & first
     assert [p.name for p in milvus.index_dir.glob("gen-*")] == [current_generation(milvus.index_dir).name]
+
+
+@pytest.mark.integration
+def test_a_replaced_generation_keeps_its_collections_for_replicas_until_its_grace_is_over(milvus, embedder):
+    graced = milvus.with_(generation_grace_s=60)
+    refresh_index(graced, embedder)
+    first_gen, first = current_generation(milvus.index_dir), live_collections(milvus)
+    serving = load_index(milvus.index_dir, embedder)  # as a replica still on the first generation
+    (milvus.corpus_dir / "beta.md").unlink()
+    refresh_index(graced, embedder)
+    second = live_collections(milvus)
+    assert first_gen.is_dir() and collections_of(milvus) == first | second  # not swept as orphans
+    _, found = serving.chunk_vectors.search(embedder.embed_queries(["quasar telescope"]), 3)
+    assert (found >= 0).any()  # the replica still searches its generation's collections
+    (first_gen / RETIRED).write_text(f"{time.time() - 61}\n", encoding="ascii")  # replaced 61 s ago
+    refresh_index(graced, embedder)
+    assert not first_gen.exists() and collections_of(milvus) == second
 
 
 @pytest.mark.integration
