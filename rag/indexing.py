@@ -625,11 +625,19 @@ def _named_segments(index_dir: Path) -> set[str] | None:
     named: set[str] = set()
     for gen in index_dir.glob("gen-*"):
         try:
-            manifest = json.loads((gen / "manifest.json").read_text(encoding="utf-8"))
-            named.update(entry["name"] for entry in manifest.get("segments", []))
+            st = (gen / "manifest.json").stat()
+            key = (str(gen), st.st_size, st.st_mtime_ns)
+            if key not in _SEGMENTS_OF:  # a manifest is never rewritten: parsed once per process
+                manifest = json.loads((gen / "manifest.json").read_text(encoding="utf-8"))
+                _SEGMENTS_OF.clear()
+                _SEGMENTS_OF[key] = {entry["name"] for entry in manifest.get("segments", [])}
+            named |= _SEGMENTS_OF[key]
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             return None
     return named
+
+
+_SEGMENTS_OF: dict[tuple, set[str]] = {}
 
 
 def _drop_collections(folder: Path) -> None:
@@ -748,8 +756,15 @@ def refresh_index(
     started = time.perf_counter()
     report = RefreshReport()
     scanned = time.time_ns()
+    # Opened (and its manifest parsed: seconds at a million chunks) once, before the lock and the
+    # corpus are read; used under the lock if no other writer made another generation current.
+    pointer = _read_pointer(settings.index_dir)
+    try:
+        before = None if rebuild else _open_generation(settings.index_dir, pointer)
+    except IndexError_:
+        before = None
     # A file whose size and mtime are what the index recorded is not read again (see RACY_NS).
-    trusted = _trusted_stamps(None if rebuild else read_manifest(settings.index_dir), settings, embedder)
+    trusted = _trusted_stamps(before.manifest if before else None, settings, embedder)
     unchanged: dict[str, list[int]] = {}
 
     def as_recorded(doc_id: str, path: Path) -> bool:
@@ -767,7 +782,8 @@ def refresh_index(
         exclude=as_recorded if trusted else None,
     )
     with index_lock(settings.index_dir):
-        old_manifest = read_manifest(settings.index_dir)
+        current = before if before is not None and _read_pointer(settings.index_dir) == pointer else None
+        old_manifest = current.manifest if current else read_manifest(settings.index_dir)
         indexed = len((old_manifest or {}).get("documents") or {})
         if not documents and not unchanged and indexed and not allow_empty:
             raise CorpusEmptyError(
@@ -780,7 +796,7 @@ def refresh_index(
         report.rebuilt_because = report.rebuilt_because or _rebuild_reason(old_manifest, settings, embedder)
         if old_manifest is not None and report.rebuilt_because is None:
             try:
-                old = _open_generation(settings.index_dir, _read_pointer(settings.index_dir))
+                old = current or _open_generation(settings.index_dir, _read_pointer(settings.index_dir))
             except IndexError_ as exc:
                 report.rebuilt_because = f"the previous index could not be read ({exc})"
         # Files left unread on the word of a manifest that is not the one refreshed now (another
@@ -1162,7 +1178,7 @@ def _carry_vectors(
     """
     store = new_store(label, len(ids)) if new_store else VectorStore(embedder.dim, index_type)
     if old_store is not None and len(old_store):
-        reuse = np.isin(ids, old_store.ids())
+        reuse = old_store.contains(ids)
     else:
         reuse = np.zeros(len(ids), dtype=bool)
     whole = None

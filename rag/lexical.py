@@ -2,11 +2,13 @@
 
 Chinese runs are segmented with jieba (search mode, so both 长三角 and 三角 match); Latin words
 are lower-cased; numbers, dates and alphanumeric codes (585, 2023, G60, 5G, 1.2) stay whole.
-English terms are not stemmed (exact word forms; see the README's eval notes). The BM25 weight
-matrix is rebuilt from all terms whenever the index is written (idf depends on every document,
-so it cannot be patched per document) and saved as a raw binary file beside a JSON layout, which
-a reader memory-maps: at 1M chunks rebuilding it at every load took 25-42 s. Trade-off: each
-refresh pays the full rebuild, and the file is a second copy of what the stored terms say.
+English terms are not stemmed (exact word forms; see the README's eval notes). An index stores,
+per segment, raw term frequencies and document lengths (`Postings`, a raw binary file beside a
+JSON layout, memory-mapped): counting them again from the terms at every load took 25-42 s at
+1M chunks. idf and the average length depend on every document, so `SegmentedBM25` weighs all
+segments at load with the statistics of their live documents together. Trade-off: each load
+pays that weighing (one pass over the postings), and the file is a second copy of what the
+stored terms say.
 """
 
 from __future__ import annotations

@@ -19,8 +19,9 @@ search is still affordable and needs no training. Above it, IVF-PQ (4*sqrt(n) li
 them probed, 8 candidates per result re-ranked on full vectors) gives recall@10 0.97 against
 exact search at 2.6 ms p50 (k=40), builds in 103 s and holds 1.6 GB; at 5M (8,944 lists) the
 same defaults gave 0.954 at 9.3 ms p50, built in 344 s, holding 7.9 GB. HNSW (efSearch 128) is
-faster and more accurate (1.1 ms, 0.995) but took 939 s to build and 1.7 GB; the store is
-rebuilt from carried vectors on every refresh (rag.indexing), so build time decides.
+faster and more accurate (1.1 ms, 0.995) but took 939 s to build and 1.7 GB; a store is built
+whenever a segment that large is written (a full build or a merge, rag.indexing), so build time
+decides. A refresh's own segment is small, hence flat: no training on a refresh.
 
 Trade-off: hnsw and ivfpq cannot delete in place, so `remove` rebuilds them from the remaining
 vectors (ivfpq keeps its trained quantisers), and ivfpq is retrained when the store has grown
@@ -268,12 +269,11 @@ class SegmentedStore:
             if live is not None:
                 bitmap = np.packbits(live, bitorder="little")
                 selector = faiss.IDSelectorBitmap(len(live), faiss.swig_ptr(bitmap))
-            order = np.argsort(ids, kind="stable")
             live_ids = ids if live is None else ids[live]
-            self._parts.append((store, ids, ids[order], order, live_ids, selector, bitmap))
+            self._parts.append([store, ids, None, live_ids, selector, bitmap])
 
     def __len__(self) -> int:
-        return sum(len(live_ids) for _, _, _, _, live_ids, _, _ in self._parts)
+        return sum(len(part[3]) for part in self._parts)
 
     @property
     def kind(self) -> str:
@@ -285,20 +285,38 @@ class SegmentedStore:
         return [part[0] for part in self._parts]
 
     def ids(self) -> np.ndarray:
-        return np.concatenate([part[4] for part in self._parts]) if self._parts else np.zeros(0, np.int64)
+        return np.concatenate([part[3] for part in self._parts]) if self._parts else np.zeros(0, np.int64)
+
+    def _sorted_ids(self, part: list) -> np.ndarray:
+        if part[2] is None:  # sorted once, when first needed: searching needs no sort
+            part[2] = np.sort(part[1])
+        return part[2]
+
+    def _found(self, part: list, ids: np.ndarray) -> np.ndarray:
+        sorted_ids = self._sorted_ids(part)
+        at = np.searchsorted(sorted_ids, ids)
+        found = at < len(sorted_ids)
+        found[found] = sorted_ids[at[found]] == ids[found]
+        return found
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        """True where some segment holds a vector for the id (deleted or not: see `get`)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        found = np.zeros(len(ids), dtype=bool)
+        for part in self._parts:
+            found |= self._found(part, ids)
+        return found
 
     def get(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64)
         out = np.zeros((len(ids), self.dim), dtype=np.float32)
         todo = np.ones(len(ids), dtype=bool)
-        for store, _, sorted_ids, _, _, _, _ in reversed(self._parts):
+        for part in reversed(self._parts):
             if not todo.any():
                 break
-            at = np.searchsorted(sorted_ids, ids)
-            found = todo & (at < len(sorted_ids))
-            found[found] = sorted_ids[at[found]] == ids[found]
+            found = todo & self._found(part, ids)
             if found.any():
-                out[found] = store.get(ids[found])
+                out[found] = part[0].get(ids[found])
                 todo &= ~found
         if todo.any():
             raise RuntimeError(f"no vector with id {int(ids[todo][0])} in any segment")
@@ -308,7 +326,7 @@ class SegmentedStore:
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         k = max(1, min(k, len(self)))
         found_scores, found_ids = [], []
-        for store, ids, _, _, live_ids, selector, _ in self._parts:
+        for store, ids, _, live_ids, selector, _ in self._parts:
             if not len(live_ids):
                 continue
             if selector is None:
