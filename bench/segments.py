@@ -22,7 +22,8 @@ Timed: the full build (first run only), load_index, refresh after editing one do
 after deleting one, a refresh with nothing changed, and hybrid retrieve latency (rag.retrieval
 .retrieve: stand-in query vector, chunk and sentence vector search, BM25, translation, fusion; no
 judge) over 200 queries of 3 words from random chunks. With `--refreshes R`, R more one-document
-edits follow, then retrieve latency again, then `optimize_index` (one segment) and latency again.
+edits follow; then a copy of the index is merged into one segment (`optimize_index`), and both
+are queried alternately (each query on one, then the other; the first round is a warm-up).
 """
 
 from __future__ import annotations
@@ -227,15 +228,31 @@ def main() -> None:
                 per.append(time.perf_counter() - started)
             figures["refreshes"] = args.refreshes
             figures["refresh_each_s"] = summarize(per)
+            # The same documents merged into one segment, beside the refreshed index: both are
+            # loaded and queried alternately, so the machine's load drifts over both alike.
+            merged_dir = work / "index.optimized"
+            shutil.rmtree(merged_dir, ignore_errors=True)
+            shutil.copytree(index_dir, merged_dir)
+            merged_settings = Settings.from_env(corpus_dir=corpus, index_dir=merged_dir)
+            timed("optimize_s", figures, indexing.optimize_index, merged_settings, embedder)
             index = timed("load_after_refreshes_s", figures, load_index, index_dir, embedder)
-            figures["segments_after_refreshes"] = len(index.manifest.get("segments", [None]))
-            figures["retrieve_after_refreshes_ms"] = time_queries(index, embedder, qs)
-            del index
-            if hasattr(indexing, "optimize_index"):
-                timed("optimize_s", figures, indexing.optimize_index, settings, embedder)
-                index = load_index(index_dir, embedder)
-                figures["retrieve_after_optimize_ms"] = time_queries(index, embedder, qs)
-                del index
+            merged = load_index(merged_dir, embedder)
+            figures["segments_after_refreshes"] = len(index.manifest["segments"])
+            figures["deleted_chunks_after_refreshes"] = sum(s["deleted_chunks"] for s in index.manifest["segments"])
+            segmented_ms, merged_ms = [], []
+            for q in qs * 2:
+                for which, out in ((index, segmented_ms), (merged, merged_ms)):
+                    started = time.perf_counter()
+                    retrieve(which, embedder, q)
+                    out.append((time.perf_counter() - started) * 1000)
+            figures["retrieve_after_refreshes_ms"] = summarize(segmented_ms[len(qs) :])
+            figures["retrieve_optimized_ms"] = summarize(merged_ms[len(qs) :])
+            figures["retrieve_ratio_p50"] = round(
+                figures["retrieve_after_refreshes_ms"]["p50"] / figures["retrieve_optimized_ms"]["p50"], 3
+            )
+            figures["retrieve_compare_load"] = load_average()
+            del index, merged
+            shutil.rmtree(merged_dir, ignore_errors=True)
     finally:
         for p, raw in saved.items():
             p.write_bytes(raw)
