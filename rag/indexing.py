@@ -1044,12 +1044,10 @@ class _SegmentWriter:
 
     def write(self, merged: list[dict], chunks: list[Chunk], terms: list[list[str]], carry: list[Path]) -> dict:
         settings, embedder = self.settings, self.embedder
-        files = None
         chunks, terms = list(chunks), list(terms)
         sources = []
         for entry in merged:
             folder = self.folders[entry["name"]]
-            files = files or _files_in(folder)
             seg_chunks, seg_terms = _read_chunks(folder / "chunks.jsonl")
             deleted = set(entry["deleted"])
             for chunk, chunk_terms in zip(seg_chunks, seg_terms):
@@ -1059,9 +1057,8 @@ class _SegmentWriter:
             sources.append(folder)
             self.merged += 1
         sources += [f for f in carry if f not in sources]
-        order = sorted(
-            range(len(chunks)), key=lambda row: chunks[row].doc_id
-        )  # stable: a document's chunks keep theirs
+        # By document (stably: a document's chunks keep their order), as a fresh build has them.
+        order = sorted(range(len(chunks)), key=lambda row: chunks[row].doc_id)
         if order != list(range(len(chunks))):
             chunks, terms = [chunks[r] for r in order], [terms[r] for r in order]
         name = _next_segment(settings.index_dir, self._taken)

@@ -238,3 +238,15 @@ def test_the_refresh_writes_only_the_new_segment_and_a_manifest(settings, embedd
     new_files = {p.relative_to(settings.index_dir).parts[0] for p in after - before}
     gen = current_generation(settings.index_dir).name
     assert new_files == {gen, segment_folders(settings.index_dir)[-1].name}  # and CURRENT replaced
+
+
+def test_the_merge_plan_merges_ten_of_a_size_and_cascades():
+    def seg(name, chunks, deleted=0):
+        return {"name": name, "chunks": chunks, "deleted_chunks": deleted}
+
+    small = [seg(f"s{i}", 150) for i in range(10)]  # level 0; merged: 1,500 chunks, level 1
+    middle = [seg(f"m{i}", 2000) for i in range(9)]  # level 1: nine, one short of a merge
+    plan = rag.indexing._merge_plan([*middle, *small, seg("big", 500_000)])
+    assert plan == [{f"s{i}" for i in range(10)}, {*(f"m{i}" for i in range(9)), "merge-1"}]
+    assert rag.indexing._merge_plan([*middle, seg("big", 500_000)]) == []
+    assert rag.indexing._merge_plan([seg("holed", 1000, deleted=600), seg("ok", 1000, deleted=100)]) == [{"holed"}]
