@@ -112,13 +112,20 @@ def cmd_index(args: argparse.Namespace) -> int:
         built = build_on_cluster(settings, embedder, args.ray or os.environ.get("RAY_ADDRESS"), args.rebuild)
         print(built.summary(), file=sys.stderr)
         prepared = built.prepared
-    report = refresh_index(settings, embedder, rebuild=args.rebuild, allow_empty=args.allow_empty, prepared=prepared)
+    report = refresh_index(
+        settings,
+        embedder,
+        rebuild=args.rebuild,
+        allow_empty=args.allow_empty,
+        optimize=args.optimize,
+        prepared=prepared,
+    )
     if args.json:
         print(json.dumps({**report.to_json(), "index": str(settings.index_dir)}, ensure_ascii=False, indent=2))
         return 0
     print(
         report.summary()
-        if report.changed or report.skipped
+        if report.changed or report.skipped or report.merged_segments
         else f"index is up to date ({len(report.unchanged)} documents)"
     )
     print(f"index: {settings.index_dir}")
@@ -364,6 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _subcommand(sub, "index", "build or refresh the index (only what changed)")
     p.add_argument("--rebuild", action="store_true", help="re-embed everything from scratch")
+    p.add_argument(
+        "--optimize",
+        action="store_true",
+        help="also merge the index's segments into one, dropping deleted chunks (re-embeds nothing)",
+    )
     p.add_argument("--json", action="store_true", help="print what changed and what was skipped (with why) as JSON")
     p.add_argument(
         "--allow-empty",

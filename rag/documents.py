@@ -22,7 +22,7 @@ import os
 import re
 import stat
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -367,12 +367,20 @@ def iter_document_paths(corpus_dir: Path) -> Iterator[tuple[str, Path]]:
 
 
 def load_corpus(
-    corpus_dir: Path, max_bytes: int = MAX_DOCUMENT_BYTES, ocr_languages: str = "", cache_dir: Path | None = None
+    corpus_dir: Path,
+    max_bytes: int = MAX_DOCUMENT_BYTES,
+    ocr_languages: str = "",
+    cache_dir: Path | None = None,
+    exclude: Callable[[str, Path], bool] | None = None,
 ) -> tuple[list[Document], list[LoadError]]:
-    """Every readable document under `corpus_dir`, and a reason for each one skipped."""
+    """Every readable document under `corpus_dir`, and a reason for each one skipped.
+
+    `exclude(doc_id, path)`: True for a file not to read (a refresh's unchanged files)."""
     documents: list[Document] = []
     errors: list[LoadError] = []
     for doc_id, path in corpus_paths(corpus_dir):
+        if exclude is not None and exclude(doc_id, path):
+            continue
         read = load_or_skip(path, doc_id, max_bytes, ocr_languages, cache_dir)
         (documents if isinstance(read, Document) else errors).append(read)
     return documents, errors

@@ -1,18 +1,41 @@
-"""The on-disk index: chunk and sentence vectors, chunk metadata and terms, and a manifest.
+"""The on-disk index: immutable segments of chunks, vectors and BM25 postings, and generations naming them.
 
-Layout: `index_dir/CURRENT` names the live generation, `index_dir/gen-NNNNNN/` holds its files
-(`manifest.json`, `chunks.jsonl`, `chunks.faiss`, `sentences.faiss`, and the BM25 matrix in
-`bm25.json` + `bm25.bin`, memory-mapped on load rather than rebuilt from the terms). A refresh writes a new
-generation beside the old one, fsyncs it, then atomically replaces CURRENT, so a crash leaves
-either the old or the new index, never a mix. CURRENT also holds the sha256 of the generation's
-manifest, and the manifest that of every other file, all verified on load; loading reads JSON,
-FAISS files and raw arrays only, never pickle. Refresh is incremental by content hash: a document whose bytes
-are unchanged is not re-chunked, and a chunk or sentence whose text is unchanged keeps its vector.
+Layout, like Lucene's: `index_dir/seg-NNNNNN/` is a segment, written once and never changed: its
+chunks (`chunks.jsonl`: text, offsets, sentences, search terms), their vectors and their sentences'
+(`chunks.faiss`, `sentences.faiss`), and BM25 term frequencies (`bm25.json` + `bm25.bin`, raw
+arrays memory-mapped on load). `index_dir/gen-NNNNNN/manifest.json` is a generation: the documents,
+the segments that hold them, and per segment the documents deleted from it since it was written
+(deletion markers). `index_dir/CURRENT` names the live generation and the sha256 of its manifest,
+and the manifest holds each segment file's sha256, size and mtime.
+
+A refresh reads only files whose size or mtime differ from what the index recorded, writes one
+new segment for the added and edited documents (its chunks and sentences, their vectors, carried
+by id when unchanged or embedded, and their postings), marks the old versions deleted, and writes
+a new generation beside the old one; fsyncs, then atomically replaces CURRENT, so a crash leaves
+either the old or the new index, never a mix. Its cost follows what changed, not the corpus:
+no vector store is rebuilt or retrained, no BM25 matrix recomputed, no chunk file rewritten.
+
+Segments merge (rag.indexing._merge_plan): when ten segments of about the same size (a power of
+ten of chunks) have gathered, or a segment is mostly deleted, they are rewritten as one, without
+their deleted chunks, in the same refresh; `rag index --optimize` merges everything into one. A
+merge is a write like any other (new segment, new generation), so a crash mid-merge leaves the
+old generation serving. IVF-PQ is trained only when a segment that large is written (rag.store).
+Segments no generation names are deleted, as old generations are.
+
+Loading reads every segment and presents one `Index`: vectors searched in each segment and merged,
+deleted chunks filtered inside FAISS (rag.store.SegmentedStore), BM25 weighed with the
+collection's document frequencies and average length (rag.lexical.SegmentedBM25), so a segmented
+index ranks as a merged one would. Loading checks the manifest's checksum, each segment file's
+size, and its sha256 when it is small (under 4 MB) or its mtime changed since it was written:
+large segment files were verified when written and are not re-hashed on every start (trade-off:
+damage that keeps a file's size and mtime shows only through `load_index(verify=True)` or when
+the file fails to parse). Only JSON, FAISS files and raw arrays are read, never pickle.
+
 With `vector_backend` milvus, `chunks.milvus.json` and `sentences.milvus.json` stand in for the
-`.faiss` files: each names a Milvus collection made for that generation (rag.milvus).
+`.faiss` files: each names a Milvus collection made for that segment (rag.milvus). Milvus keeps
+one segment: each refresh that changes something rewrites it whole, carrying vectors by id.
 The replaced generation is deleted once `generation_grace_s` has passed, for replicas still
 loading or serving it (_remove_stale).
-Trade-off: each refresh rewrites the (small) metadata files whole.
 """
 
 from __future__ import annotations
@@ -20,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -39,11 +63,12 @@ from rag.config import GENERATION_GRACE_S, Settings
 from rag.crosslingual import document_terms
 from rag.documents import CorpusEmptyError, Document, LoadError, is_chinese, load_corpus, normalize
 from rag.embeddings import Embedder
-from rag.lexical import BM25
-from rag.store import BACKENDS, VectorStore, choose_index_type, load_store, store_file
+from rag.lexical import BM25, Postings, SegmentedBM25
+from rag.store import BACKENDS, SegmentedStore, VectorStore, choose_index_type, load_store, store_file
 
-# 2: chunk terms include pinyin and joined names (rag.crosslingual); 3: the BM25 matrix is saved
-FORMAT_VERSION = 3
+# 2: chunk terms include pinyin and joined names (rag.crosslingual); 3: the BM25 matrix is saved;
+# 4: segments and deletion markers
+FORMAT_VERSION = 4
 # How text becomes chunks and search terms; an index made another way is rebuilt on refresh, since
 # its stored chunks and vectors would not match a question's. 1: Traditional Chinese searched as
 # Simplified (rag.documents.normalize); 2: sentences by Blingfire, hard-wrapped lines joined.
@@ -51,17 +76,29 @@ TEXT_VERSION = 2
 
 
 def _files(backend: str = "faiss") -> tuple[str, ...]:
-    """A generation's files: with Milvus, descriptors of its collections stand in for the .faiss files."""
+    """A segment's files: with Milvus, descriptors of its collections stand in for the .faiss files."""
     return (
-        "manifest.json",
         "chunks.jsonl",
         store_file("chunks", backend),
         store_file("sentences", backend),
-        *BM25.FILES,
+        *Postings.FILES,
     )
 
 
 _FILES = _files("faiss")  # the default backend's
+
+# Segment files at least this large are trusted from their recorded size and mtime on load (they
+# were hashed when written); smaller ones, and any whose mtime changed, are hashed on every load.
+TRUST_STAT_BYTES = 4 * 2**20
+# A document's recorded (size, mtime) vouches for its content only when its mtime is this much
+# older than the time it was read: a write in the same clock tick as the read could keep both.
+RACY_NS = 2_000_000_000
+# Size-tiered merging: segments are grouped by the power of ten of their live chunks (under
+# MERGE_LEVEL_CHUNKS: level 0); MERGE_FACTOR segments of one level are merged into one, and a
+# segment more than MAX_DELETED_SHARE deleted is rewritten.
+MERGE_FACTOR = 10
+MERGE_LEVEL_CHUNKS = 1000
+MAX_DELETED_SHARE = 0.5
 
 
 class IndexError_(RuntimeError):
@@ -124,6 +161,7 @@ class RefreshReport:
     rebuilt_because: str | None = None
     embedded_chunks: int = 0
     embedded_sentences: int = 0
+    merged_segments: int = 0  # old segments rewritten into merged ones
     seconds: float = 0.0
 
     @property
@@ -140,6 +178,7 @@ class RefreshReport:
             "rebuilt_because": self.rebuilt_because,
             "embedded_chunks": self.embedded_chunks,
             "embedded_sentences": self.embedded_sentences,
+            "merged_segments": self.merged_segments,
             "seconds": round(self.seconds, 2),
         }
 
@@ -153,6 +192,8 @@ class RefreshReport:
             f"(embedded {self.embedded_chunks} chunks, {self.embedded_sentences} sentences "
             f"in {self.seconds:.1f} s)"
         )
+        if self.merged_segments:
+            lines.append(f"merged {self.merged_segments} segments")
         for name, ids in (("added", self.added), ("updated", self.updated), ("removed", self.removed)):
             lines.extend(f"  {name}: {doc_id}" for doc_id in ids)
         lines.extend(f"  skipped: {e.doc_id}: {e.reason}" for e in self.skipped)
@@ -202,6 +243,12 @@ def current_generation(index_dir: Path) -> Path | None:
     return pointer[0] if pointer else None
 
 
+def segment_folders(index_dir: Path) -> list[Path]:
+    """The folders of the live generation's segments, in its order (none when there is no index)."""
+    manifest = read_manifest(index_dir)
+    return [index_dir / entry["name"] for entry in (manifest or {}).get("segments", [])]
+
+
 def read_manifest(index_dir: Path) -> dict | None:
     gen = current_generation(index_dir)
     if gen is None:
@@ -231,26 +278,44 @@ def check_compatible(manifest: dict, model_name: str, dim: int) -> None:
         )
 
 
-def load_index(index_dir: Path, embedder: Embedder | None = None) -> Index:
-    """Load the live generation, verifying file checksums and (given an embedder) the model.
+def load_index(index_dir: Path, embedder: Embedder | None = None, verify: bool = False) -> Index:
+    """Load the live generation, verifying checksums (see the module docstring) and, given an embedder, the model.
 
-    Only JSON and FAISS's own format are read: nothing in the index directory is unpickled or run.
+    `verify`: hash every segment file, however large. Only JSON and FAISS's own format are read:
+    nothing in the index directory is unpickled or run.
     """
+    pointer = _read_pointer(index_dir)
     for _attempt in range(3):
-        pointer = _read_pointer(index_dir)
         try:
-            return _load_generation(index_dir, pointer, embedder)
+            index = _load_generation(index_dir, pointer, embedder, verify)
         except IndexMismatchError:
             raise
         except IndexError_:
             # A concurrent `rag index` may have made a new generation current and deleted this
             # one while it was being read: then read the new one; otherwise the damage is real.
-            if _read_pointer(index_dir) == pointer:
+            latest = _read_pointer(index_dir)
+            if latest == pointer:
                 raise
-    return _load_generation(index_dir, _read_pointer(index_dir), embedder)
+            pointer = latest
+            continue
+        latest = _read_pointer(index_dir)
+        if latest == pointer:
+            return index
+        pointer = latest  # replaced while it was read: the newer generation is wanted
+    return _load_generation(index_dir, _read_pointer(index_dir), embedder, verify)
 
 
-def _load_generation(index_dir: Path, pointer: tuple[Path, str | None] | None, embedder: Embedder | None) -> Index:
+@dataclass
+class _Generation:
+    """A generation's manifest, checked, and its segments' (manifest entry, folder)."""
+
+    path: Path
+    manifest: dict
+    segments: list[tuple[dict, Path]]
+
+
+def _open_generation(index_dir: Path, pointer: tuple[Path, str | None] | None, verify: bool = False) -> _Generation:
+    """The generation `pointer` names, its manifest's checksum and every segment file checked."""
     fix = "Run `rag index --rebuild` to rebuild it."
     current = index_dir / "CURRENT"
     if pointer is None:
@@ -281,42 +346,112 @@ def _load_generation(index_dir: Path, pointer: tuple[Path, str | None] | None, e
     version = manifest.get("format") if isinstance(manifest, dict) else None
     if version != FORMAT_VERSION:
         raise IndexMismatchError(f"index format {version} is not {FORMAT_VERSION}. {fix}")
-    backend = manifest.get("vector_backend", "faiss")  # absent in indexes built before Milvus
+    backend = manifest.get("vector_backend", "faiss")
     if backend not in BACKENDS:
         raise IndexError_(f"index file {manifest_path} is damaged (unknown vector backend {backend!r}). {fix}")
-    files = _files(backend)
-    checksums = manifest.get("checksums") or {}
-    for name in files[1:]:  # every data file must have a checksum, not only the ones listed
-        path = gen / name
-        if name not in checksums:
-            raise IndexError_(f"index file {manifest_path} is damaged (no checksum for {name}). {fix}")
-        try:
-            actual = _checksum(path)
-        except FileNotFoundError:
-            raise IndexError_(f"index file {path} is missing. {fix}") from None
-        except OSError as exc:
-            raise IndexError_(f"cannot read {path}: {exc}. {fix}") from exc
-        if actual != checksums[name]:
-            raise IndexError_(f"index file {path} is damaged (checksum mismatch). {fix}")
+    segments = manifest.get("segments")
+    if not isinstance(segments, list) or not isinstance(manifest.get("documents"), dict):
+        raise IndexError_(f"index file {manifest_path} is damaged (no segment list). {fix}")
+    opened = []
+    for entry in segments:
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if (
+            not isinstance(name, str)
+            or not re.fullmatch(r"seg-\d{6}", name)
+            or not isinstance(entry.get("deleted"), list)
+        ):
+            raise IndexError_(f"index file {manifest_path} is damaged (a malformed segment entry). {fix}")
+        folder = index_dir / name
+        if not folder.is_dir():
+            raise IndexError_(f"index segment {folder} named in {manifest_path} is missing. {fix}")
+        checksums, stats = entry.get("checksums") or {}, entry.get("files") or {}
+        for file in _files(backend):  # every data file must have a checksum, not only the ones listed
+            if file not in checksums:
+                raise IndexError_(f"index file {manifest_path} is damaged (no checksum for {file}). {fix}")
+            _verify_file(folder / file, checksums[file], stats.get(file), verify, fix)
+        opened.append((entry, folder))
+    return _Generation(gen, manifest, opened)
+
+
+def _verify_file(path: Path, checksum: str, recorded, verify: bool, fix: str) -> None:
+    """Size always; sha256 unless the file is large and its size and mtime are as when written and hashed."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise IndexError_(f"index file {path} is missing. {fix}") from None
+    except OSError as exc:
+        raise IndexError_(f"cannot read {path}: {exc}. {fix}") from exc
+    recorded = recorded if isinstance(recorded, list) and len(recorded) == 2 else None
+    if recorded is not None and st.st_size != recorded[0]:
+        raise IndexError_(f"index file {path} is damaged ({st.st_size} bytes, written as {recorded[0]}). {fix}")
+    as_written = recorded is not None and st.st_mtime_ns == recorded[1]
+    if as_written and not verify and st.st_size >= TRUST_STAT_BYTES:
+        return
+    try:
+        actual = _checksum(path)
+    except FileNotFoundError:
+        raise IndexError_(f"index file {path} is missing. {fix}") from None
+    except OSError as exc:
+        raise IndexError_(f"cannot read {path}: {exc}. {fix}") from exc
+    if actual != checksum:
+        raise IndexError_(f"index file {path} is damaged (checksum mismatch). {fix}")
+
+
+def _load_generation(
+    index_dir: Path, pointer: tuple[Path, str | None] | None, embedder: Embedder | None, verify: bool = False
+) -> Index:
+    fix = "Run `rag index --rebuild` to rebuild it."
+    generation = _open_generation(index_dir, pointer, verify)
+    manifest = generation.manifest
     if embedder is not None:
         check_compatible(manifest, embedder.name, embedder.dim)
+    files = _files(manifest.get("vector_backend", "faiss"))
+    chunks: list[Chunk] = []
+    terms: list[list[str]] = []
+    chunk_parts, sentence_parts, postings = [], [], []
     try:
-        chunks, terms = _read_chunks(gen / "chunks.jsonl")
-        chunk_vectors = load_store(gen / files[2])
-        sentence_vectors = load_store(gen / files[3])
-        bm25 = BM25.load(*(gen / name for name in BM25.FILES))
+        for entry, folder in generation.segments:
+            seg_chunks, seg_terms = _read_chunks(folder / files[0])
+            deleted = set(entry["deleted"])
+            live = None
+            gone_chunks, gone_sentences = array("q"), array("q")
+            if deleted:
+                live = np.fromiter((c.doc_id not in deleted for c in seg_chunks), dtype=bool, count=len(seg_chunks))
+                for chunk in (c for c in seg_chunks if c.doc_id in deleted):
+                    gone_chunks.append(int_id(chunk.chunk_id))
+                    gone_sentences.extend(Index.sentence_keys(chunk))
+                seg_chunks = [c for c, keep in zip(seg_chunks, live) if keep]
+                seg_terms = [t for t, keep in zip(seg_terms, live) if keep]
+            seg_postings = Postings.load(*(folder / name for name in Postings.FILES))
+            if seg_postings.n_docs != len(live if live is not None else seg_chunks):
+                raise ValueError(f"{folder / 'bm25.json'} has {seg_postings.n_docs} rows for {len(seg_chunks)} chunks")
+            chunks.extend(seg_chunks)
+            terms.extend(seg_terms)
+            postings.append((seg_postings, live))
+            chunk_parts.append((load_store(folder / files[1]), np.frombuffer(gone_chunks, dtype=np.int64)))
+            sentence_parts.append((load_store(folder / files[2]), np.frombuffer(gone_sentences, dtype=np.int64)))
+        bm25 = SegmentedBM25(postings)
     except (OSError, RuntimeError, ValueError, KeyError) as exc:
         # Verified a moment ago: deleted by a concurrent writer since (load_index retries), or a disk fault.
-        raise IndexError_(f"cannot read index generation {gen}: {exc}. {fix}") from exc
+        raise IndexError_(f"cannot read index generation {generation.path}: {exc}. {fix}") from exc
     return Index(
         manifest=manifest,
         chunks=chunks,
         terms=terms,
-        chunk_vectors=chunk_vectors,
-        sentence_vectors=sentence_vectors,
+        chunk_vectors=_as_one_store(chunk_parts, manifest),
+        sentence_vectors=_as_one_store(sentence_parts, manifest),
         bm25=bm25,
-        path=gen,
+        path=generation.path,
     )
+
+
+def _as_one_store(parts: list, manifest: dict):
+    """One segment with nothing deleted is searched as itself (a fresh index, exactly as it was written)."""
+    if len(parts) == 1 and not len(parts[0][1]):
+        return parts[0][0]
+    if not parts:
+        return VectorStore(int(manifest["model"]["dimension"]))
+    return SegmentedStore(parts)
 
 
 def _interned(terms: list[str]) -> list[str]:
@@ -387,21 +522,32 @@ def _next_generation(index_dir: Path) -> str:
     return f"gen-{max(numbers, default=0) + 1:06d}"
 
 
-def _write_generation(
+def _next_segment(index_dir: Path, taken: int = 0) -> str:
+    """Past every segment on disk (named or not, staged or not) and past `taken`."""
+    names = (p.name.strip(".").split(".")[0][4:] for p in index_dir.glob("*seg-*"))
+    numbers = [int(n) for n in names if n.isdigit()]
+    return f"seg-{max([*numbers, taken], default=0) + 1:06d}"
+
+
+def _write_segment(
     index_dir: Path,
-    manifest: dict,
+    name: str,
+    backend: str,
     chunks: list[Chunk],
     terms: list[list[str]],
     chunk_store: VectorStore,
     sentence_store: VectorStore,
-    name: str | None = None,
-) -> Path:
-    name = name or _next_generation(index_dir)
-    files = _files(manifest.get("vector_backend", "faiss"))
+) -> dict:
+    """Write an immutable segment folder (staged, fsynced, renamed) and return its manifest entry.
+
+    Each file is hashed as written; the entry records the hashes with each file's size and mtime
+    (see _verify_file). Nothing names the segment until a generation does.
+    """
+    files = _files(backend)
     staging = index_dir / f".{name}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    with (staging / "chunks.jsonl").open("w", encoding="utf-8") as fh:
+    with (staging / files[0]).open("w", encoding="utf-8") as fh:
         for chunk, chunk_terms in zip(chunks, terms):
             row = {
                 "chunk_id": chunk.chunk_id,
@@ -413,17 +559,41 @@ def _write_generation(
                 "terms": chunk_terms,
             }
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    chunk_store.save(staging / files[2])
-    sentence_store.save(staging / files[3])
-    # Rebuilt whole: idf depends on every document. Cheap next to embedding, and it spares every
-    # reader the rebuild (25-42 s at 1M chunks, bench/RESULTS.md).
-    BM25(terms).save(*(staging / name for name in BM25.FILES))
-    manifest["checksums"] = {n: _checksum(staging / n) for n in files if n != "manifest.json"}
-    manifest_bytes = json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8")
-    (staging / "manifest.json").write_bytes(manifest_bytes)
+    chunk_store.save(staging / files[1])
+    sentence_store.save(staging / files[2])
+    # Term frequencies only: the weights depend on every segment, and are computed on load.
+    Postings.build(terms).save(*(staging / n for n in Postings.FILES))
+    checksums = {n: _checksum(staging / n) for n in files}
     for n in files:
         with (staging / n).open("rb") as fh:
             os.fsync(fh.fileno())
+    _fsync_dir(staging)
+    final = index_dir / name
+    os.rename(staging, final)
+    _fsync_dir(index_dir)
+    stats = {n: [(final / n).stat().st_size, (final / n).stat().st_mtime_ns] for n in files}
+    return {
+        "name": name,
+        "chunks": len(chunks),
+        "sentences": len(sentence_store),
+        "deleted": [],
+        "deleted_chunks": 0,
+        "checksums": checksums,
+        "files": stats,
+    }
+
+
+def _write_generation(index_dir: Path, manifest: dict, name: str | None = None) -> Path:
+    """Write a generation (its manifest: segments are written before) and make it current."""
+    name = name or _next_generation(index_dir)
+    staging = index_dir / f".{name}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    manifest_bytes = json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8")
+    with (staging / "manifest.json").open("wb") as fh:
+        fh.write(manifest_bytes)
+        fh.flush()
+        os.fsync(fh.fileno())
     _fsync_dir(staging)
     final = index_dir / name
     os.rename(staging, final)
@@ -441,15 +611,17 @@ RETIRED = "RETIRED"  # in a replaced generation's folder: when a sweep first fou
 
 
 def _remove_stale(index_dir: Path, grace_s: float = GENERATION_GRACE_S) -> None:
-    """Delete generations CURRENT has not named for `grace_s` seconds, and staging folders a killed run left.
+    """Delete generations CURRENT has not named for `grace_s` seconds, segments no remaining
+    generation names, and staging folders a killed run left.
 
     Called with the lock held. A replaced generation is kept for `grace_s` seconds, timed from the
     first sweep that finds it replaced (right after CURRENT moves; recorded in its RETIRED file),
-    for replicas still loading or serving it: a loaded index holds its data in memory except
-    bm25.bin, which it memory-maps, and a deleted file's pages stay readable while mapped on a
-    local disk (POSIX) but not on NFS; a Milvus generation's collections go with its folder. It is
-    deleted by the first sweep after that (every refresh sweeps). A reader still verifying a
-    generation that is deleted sees CURRENT moved and re-reads (see load_index).
+    for replicas still loading or serving it: a loaded index holds its data in memory except the
+    BM25 term frequencies (bm25.bin), which it memory-maps, and a deleted file's pages stay
+    readable while mapped on a local disk (POSIX) but not on NFS; the segments a kept generation
+    names, and their Milvus collections, are kept with it. It is deleted by the first sweep after
+    that (every refresh sweeps). A reader still verifying a generation that is deleted sees
+    CURRENT moved and re-reads (see load_index).
     """
     live = current_generation(index_dir)
     kept = [live] if live is not None else []
@@ -464,7 +636,17 @@ def _remove_stale(index_dir: Path, grace_s: float = GENERATION_GRACE_S) -> None:
     for stale in index_dir.glob(".gen-*.tmp"):
         _drop_collections(stale)
         shutil.rmtree(stale, ignore_errors=True)
-    if live is not None and any(live.glob("*.milvus.json")):
+    named = _named_segments(index_dir)
+    if live is not None and named is not None:
+        for segment in index_dir.glob("seg-*"):
+            if segment.name not in named:
+                _drop_collections(segment)
+                shutil.rmtree(segment, ignore_errors=True)
+    for stale in index_dir.glob(".seg-*.tmp"):
+        _drop_collections(stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    kept = [index_dir / n for n in sorted(named or ())]
+    if any(any(folder.glob("*.milvus.json")) for folder in kept):
         _drop_orphan_collections(index_dir, kept)
 
 
@@ -483,23 +665,43 @@ def _seconds_retired(gen: Path) -> float:
         return 0.0
 
 
-def _drop_collections(gen_dir: Path) -> None:
-    """A Milvus generation's collections go with its folder (pymilvus is imported only if it has some)."""
-    if any(gen_dir.glob("*.milvus.json")):
+def _named_segments(index_dir: Path) -> set[str] | None:
+    """Segments the generations on disk name; None when one cannot be read (then none is deleted)."""
+    named: set[str] = set()
+    for gen in index_dir.glob("gen-*"):
+        try:
+            st = (gen / "manifest.json").stat()
+            key = (str(gen), st.st_size, st.st_mtime_ns)
+            if key not in _SEGMENTS_OF:  # a manifest is never rewritten: parsed once per process
+                manifest = json.loads((gen / "manifest.json").read_text(encoding="utf-8"))
+                _SEGMENTS_OF.clear()
+                _SEGMENTS_OF[key] = {entry["name"] for entry in manifest.get("segments", [])}
+            named |= _SEGMENTS_OF[key]
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return None
+    return named
+
+
+_SEGMENTS_OF: dict[tuple, set[str]] = {}
+
+
+def _drop_collections(folder: Path) -> None:
+    """A Milvus segment's collections go with its folder (pymilvus is imported only if it has some)."""
+    if any(folder.glob("*.milvus.json")):
         from rag.milvus import drop_described
 
-        drop_described(gen_dir)
+        drop_described(folder)
 
 
 def _drop_orphan_collections(index_dir: Path, kept: list[Path]) -> None:
-    """Collections of this index that no kept generation names: a refresh killed before its folder existed."""
+    """Collections of this index that no kept segment names: a refresh killed before its folder existed."""
     from rag.milvus import MilvusUnavailableError, drop_orphans
 
     try:
-        descriptors = [json.loads(p.read_text(encoding="utf-8")) for gen in kept for p in gen.glob("*.milvus.json")]
+        descriptors = [json.loads(p.read_text(encoding="utf-8")) for f in kept for p in f.glob("*.milvus.json")]
         uri = os.environ.get("RAG_MILVUS_URI") or descriptors[0]["uri"]
         drop_orphans(uri, index_dir, {d["collection"] for d in descriptors})
-    except (OSError, ValueError, KeyError, MilvusUnavailableError):
+    except (OSError, ValueError, KeyError, IndexError, MilvusUnavailableError):
         pass  # a later refresh sweeps again; serving does not depend on it
 
 
@@ -587,12 +789,14 @@ def refresh_index(
     rebuild: bool = False,
     allow_empty: bool = False,
     prepared: PreparedCorpus | None = None,
+    optimize: bool = False,
 ) -> RefreshReport:
     """Bring the index in `settings.index_dir` up to date with `settings.corpus_dir`.
 
     A corpus with no readable document never empties an index that holds some (it is more often
     an unmounted or mistyped folder than a deliberate deletion) unless `allow_empty` says so.
     With `prepared`, the corpus was read, chunked and embedded elsewhere (rag.ray_build).
+    `optimize`: also merge every segment into one (see the module docstring).
     """
     if settings.vector_backend == "milvus" and not settings.milvus_uri:
         raise ValueError(
@@ -601,51 +805,134 @@ def refresh_index(
         )
     started = time.perf_counter()
     report = RefreshReport()
+    scanned = time.time_ns()
+    # Opened (and its manifest parsed: seconds at a million chunks) once, before the lock and the
+    # corpus are read; used under the lock if no other writer made another generation current.
+    pointer = _read_pointer(settings.index_dir)
+    try:
+        before = None if rebuild else _open_generation(settings.index_dir, pointer)
+    except IndexError_:
+        before = None
+    # A file whose size and mtime are what the index recorded is not read again (see RACY_NS).
+    trusted = _trusted_stamps(before.manifest if before else None, settings, embedder)
+    unchanged: dict[str, list[int]] = {}
+
+    def as_recorded(doc_id: str, path: Path) -> bool:
+        stamp = trusted.get(doc_id)
+        if stamp is not None and _path_stamp(path) == stamp:
+            unchanged[doc_id] = stamp
+            return True
+        return False
+
     if prepared is None:
         documents, report.skipped = load_corpus(
-            settings.corpus_dir, int(settings.max_document_mb * 2**20), settings.ocr_languages, settings.cache_dir
+            settings.corpus_dir,
+            int(settings.max_document_mb * 2**20),
+            settings.ocr_languages,
+            settings.cache_dir,
+            exclude=as_recorded if trusted else None,
         )
-    else:
+    else:  # read, chunked and embedded elsewhere (rag.ray_build): every document is here
         documents, report.skipped, embedder = prepared.documents, prepared.skipped, prepared.embedder
     with index_lock(settings.index_dir):
-        old_manifest = read_manifest(settings.index_dir)
+        current = before if before is not None and _read_pointer(settings.index_dir) == pointer else None
+        old_manifest = current.manifest if current else read_manifest(settings.index_dir)
         indexed = len((old_manifest or {}).get("documents") or {})
-        if not documents and indexed and not allow_empty:
+        if not documents and not unchanged and indexed and not allow_empty:
             raise CorpusEmptyError(
                 f"the corpus folder {settings.corpus_dir} has no readable documents, but the index holds "
                 f"{indexed}: is the folder unmounted or mistyped? The index was left as it was; to empty "
                 "it on purpose, run `rag index --allow-empty`."
             )
-        old: Index | None = None
+        old: _Generation | None = None
         report.rebuilt_because = "--rebuild requested" if rebuild and old_manifest else None
         report.rebuilt_because = report.rebuilt_because or _rebuild_reason(old_manifest, settings, embedder)
         if old_manifest is not None and report.rebuilt_because is None:
             try:
-                old = load_index(settings.index_dir, embedder)
+                old = current or _open_generation(settings.index_dir, _read_pointer(settings.index_dir))
             except IndexError_ as exc:
                 report.rebuilt_because = f"the previous index could not be read ({exc})"
-        _plan_and_write(settings, embedder, documents, old, report, prepared.chunked if prepared else {})
+        # Files left unread on the word of a manifest that is not the one refreshed now (another
+        # writer ran meanwhile, or it cannot be used) are read after all.
+        old_docs = old.manifest["documents"] if old else {}
+        recheck = sorted(d for d, stamp in unchanged.items() if (old_docs.get(d) or {}).get("stamp") != stamp)
+        if recheck:
+            for doc_id in recheck:
+                del unchanged[doc_id]
+            more, errors = _load_documents(settings, recheck)
+            documents = sorted([*documents, *more], key=lambda d: d.doc_id)
+            report.skipped = sorted([*report.skipped, *errors], key=lambda e: e.doc_id)
+        _plan_and_write(
+            settings,
+            embedder,
+            documents,
+            sorted(unchanged),
+            old,
+            report,
+            scanned,
+            optimize,
+            prepared.chunked if prepared else {},
+        )
         _remove_stale(settings.index_dir, settings.generation_grace_s)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def optimize_index(settings: Settings, embedder: Embedder) -> RefreshReport:
+    """Refresh, then merge every segment into one, without deleted chunks (`rag index --optimize`)."""
+    return refresh_index(settings, embedder, optimize=True)
+
+
+def _trusted_stamps(manifest: dict | None, settings: Settings, embedder: Embedder) -> dict[str, list[int]]:
+    """{document: (size, mtime)} of the documents whose recorded stamp vouches for their content."""
+    if manifest is None or manifest.get("format") != FORMAT_VERSION or _rebuild_reason(manifest, settings, embedder):
+        return {}
+    return {
+        doc_id: entry["stamp"]
+        for doc_id, entry in (manifest.get("documents") or {}).items()
+        if isinstance(entry, dict) and isinstance(entry.get("stamp"), list) and not entry.get("stamp_unsure")
+    }
+
+
+def _load_documents(settings: Settings, doc_ids: list[str]) -> tuple[list[Document], list[LoadError]]:
+    from rag.documents import DocumentError, load_document
+
+    documents, errors = [], []
+    for doc_id in doc_ids:
+        try:
+            documents.append(
+                load_document(
+                    settings.corpus_dir / doc_id,
+                    doc_id,
+                    int(settings.max_document_mb * 2**20),
+                    settings.ocr_languages,
+                    settings.cache_dir,
+                )
+            )
+        except (OSError, DocumentError, UnicodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            if not isinstance(exc, FileNotFoundError):  # removed meanwhile: it is gone, not unreadable
+                errors.append(LoadError(doc_id, reason or type(exc).__name__))
+    return documents, errors
 
 
 def _plan_and_write(
     settings: Settings,
     embedder: Embedder,
     documents: list[Document],
-    old: Index | None,
+    unchanged: list[str],
+    old: _Generation | None,
     report: RefreshReport,
+    scanned: int = 0,
+    optimize: bool = False,
     chunked: dict[str, tuple[list[Chunk], list[list[str]]]] | None = None,
 ) -> None:
-    old_docs = old.documents if old else {}
+    """Chunk what is new, then write a segment for it, mark what it replaces deleted, merge, and
+    write the generation that names the result."""
+    old_docs = old.manifest["documents"] if old else {}
     chunked = chunked or {}
-    old_chunks_by_doc: dict[str, list[int]] = {}
-    if old:
-        for row, chunk in enumerate(old.chunks):
-            old_chunks_by_doc.setdefault(chunk.doc_id, []).append(row)
-
-    present = {d.doc_id for d in documents}
+    by_id = {d.doc_id: d for d in documents}
+    present = set(by_id) | set(unchanged)
     # A document that was indexed before but cannot be read now keeps its previous version:
     # a transient read error must not silently drop it from answers.
     unreadable_but_indexed = {e.doc_id for e in report.skipped if e.doc_id in old_docs}
@@ -655,29 +942,13 @@ def _plan_and_write(
     doc_entries: dict[str, dict] = {}
     todo = sum(len(d.text) for d in documents if old_docs.get(d.doc_id, {}).get("sha256") != d.content_hash)
     progress = _progress(todo, "chunking", "char", 2_000_000)  # a large file takes a minute before embedding
-    for doc in documents:
-        previous = old_docs.get(doc.doc_id)
-        if previous and previous["sha256"] == doc.content_hash and old is not None:
-            rows = old_chunks_by_doc.get(doc.doc_id, [])
-            chunks.extend(old.chunks[r] for r in rows)
-            terms.extend(old.terms[r] for r in rows)
-            report.unchanged.append(doc.doc_id)
-        elif doc.doc_id in chunked:  # chunked elsewhere (rag.ray_build), from this very text
-            made_chunks, made_terms = chunked[doc.doc_id]
-            chunks.extend(made_chunks)
-            terms.extend(_interned(t) for t in made_terms)
-            progress.update(len(doc.text))
-            (report.updated if previous else report.added).append(doc.doc_id)
-        else:
-            new_chunks = chunk_document(doc, embedder.count_tokens, settings.chunk_tokens, settings.chunk_overlap)
-            chunks.extend(new_chunks)
-            done = 0
-            for chunk in new_chunks:
-                terms.append(_interned(document_terms(chunk.search_text)))
-                progress.update(max(0, chunk.end - done))
-                done = max(done, chunk.end)
-            (report.updated if previous else report.added).append(doc.doc_id)
-        doc_entries[doc.doc_id] = {
+    for doc_id in sorted(present):  # the corpus's order (rag.documents.iter_document_paths)
+        doc, previous = by_id.get(doc_id), old_docs.get(doc_id)
+        if doc is None:  # its file is as the index recorded it: not read
+            doc_entries[doc_id] = previous
+            report.unchanged.append(doc_id)
+            continue
+        entry = {
             "title": doc.title,
             "sha256": doc.content_hash,
             "stamp": _file_stamp(settings.corpus_dir, doc),
@@ -686,14 +957,34 @@ def _plan_and_write(
         }
         # Where pages and sections start, for citations ("report.pdf · p. 12 · 3.2 Results").
         if doc.pages:
-            doc_entries[doc.doc_id]["pages"] = [list(mark) for mark in doc.pages]
+            entry["pages"] = [list(mark) for mark in doc.pages]
         if doc.sections:
-            doc_entries[doc.doc_id]["sections"] = [list(mark) for mark in doc.sections]
+            entry["sections"] = [list(mark) for mark in doc.sections]
+        if entry["stamp"][1] >= scanned - RACY_NS:
+            entry["stamp_unsure"] = True  # changed too recently for its stamp to vouch for it: read it again
+        if previous and previous["sha256"] == doc.content_hash:
+            entry.update({key: previous[key] for key in ("segment", "chunks", "sentences")})
+            report.unchanged.append(doc_id)
+        elif doc_id in chunked:  # chunked elsewhere (rag.ray_build), from this very text
+            made_chunks, made_terms = chunked[doc_id]
+            chunks.extend(made_chunks)
+            terms.extend(_interned(t) for t in made_terms)
+            progress.update(len(doc.text))
+            entry.update(segment=None, chunks=0, sentences=0)  # set when its segment is written
+            (report.updated if previous else report.added).append(doc_id)
+        else:
+            new_chunks = chunk_document(doc, embedder.count_tokens, settings.chunk_tokens, settings.chunk_overlap)
+            chunks.extend(new_chunks)
+            done = 0
+            for chunk in new_chunks:
+                terms.append(_interned(document_terms(chunk.search_text)))
+                progress.update(max(0, chunk.end - done))
+                done = max(done, chunk.end)
+            entry.update(segment=None, chunks=0, sentences=0)  # set when its segment is written
+            (report.updated if previous else report.added).append(doc_id)
+        doc_entries[doc_id] = entry
     progress.close()
     for doc_id in sorted(unreadable_but_indexed - present):
-        rows = old_chunks_by_doc.get(doc_id, [])
-        chunks.extend(old.chunks[r] for r in rows)
-        terms.extend(old.terms[r] for r in rows)
         doc_entries[doc_id] = old_docs[doc_id]
     report.removed = sorted(set(old_docs) - present - unreadable_but_indexed)
 
@@ -705,67 +996,56 @@ def _plan_and_write(
         if e.doc_id not in doc_entries
     }
     same_backend = old is not None and old.manifest.get("vector_backend", "faiss") == settings.vector_backend
+    segments = [dict(entry) for entry, _ in old.segments] if old else []
+    restamped = any((old_docs.get(d) or {}).get("stamp") != e.get("stamp") for d, e in doc_entries.items())
+    merge_all = optimize and (len(segments) > 1 or any(s["deleted"] for s in segments))
     if old is not None and not report.changed and skipped == old.manifest.get("skipped", {}) and same_backend:
-        return  # nothing to write: the live generation is already current
+        if not restamped and not merge_all:
+            return  # nothing to write: the live generation is already current
 
-    generation = _next_generation(settings.index_dir)
-    new_store = _store_factory(settings, embedder.dim, generation)
+    # Deletion markers: an edited or removed document's chunks stay in their segment, marked deleted.
+    by_name = {s["name"]: s for s in segments}
+    for doc_id in report.updated + report.removed:
+        previous = old_docs[doc_id]
+        if previous.get("segment") in by_name:
+            segment = by_name[previous["segment"]]
+            segment["deleted"] = [*segment["deleted"], doc_id]
+            segment["deleted_chunks"] += previous["chunks"]
+    folders = {entry["name"]: folder for entry, folder in old.segments} if old else {}
+    # Vectors of an edited document's unchanged chunks and sentences are carried from its old segment.
+    carried_from = {old_docs[d]["segment"] for d in report.updated if old_docs[d].get("segment") in folders}
+    carry = [folders[name] for name in sorted(carried_from)]
+    segments = [s for s in segments if s["chunks"] > s["deleted_chunks"]]  # wholly deleted: dropped
 
-    sentence_ids, where = _sentence_locations(chunks)
-
-    def sentence_text(i: int) -> str:
-        chunk = chunks[where[i] >> 16]
-        s = chunk.sentences[where[i] & 0xFFFF]
-        return normalize(chunk.text[s.start - chunk.start : s.end - chunk.start])
-
-    # Texts to embed are made from the chunks a batch at a time (see _carry_vectors): a list of
-    # every chunk's and sentence's normalised text would hold the corpus twice more.
-    def carry_sentences() -> VectorStore:
-        return _carry_vectors(
-            sentence_ids,
-            sentence_text,
-            old.sentence_vectors if old else None,
-            embedder.embed_passages,
-            embedder.dim,
-            "sentences",
-            report,
-            "embedded_sentences",
-            settings.index_type,
-            new_store,
-        )
-
-    chunk_ids = np.fromiter((int_id(c.chunk_id) for c in chunks), dtype=np.int64, count=len(chunks))
-    if settings.chunk_vectors == "pooled":
-        sentence_store = carry_sentences()
-        chunk_store = _carry_vectors(
-            chunk_ids,
-            lambda row: chunks[row],
-            old.chunk_vectors if old else None,
-            lambda batch: _pooled(batch, sentence_store),
-            embedder.dim,
-            "chunks",
-            report,
-            "embedded_chunks",
-            settings.index_type,
-            new_store,
-            by_length=False,  # no padding to save: pooling reads each chunk's sentences alone
-        )
+    backend = settings.vector_backend
+    # Milvus keeps one segment (it deletes nothing itself here): any change rewrites it whole, as
+    # does a change of backend, which carries every vector over.
+    whole = merge_all or (
+        bool(segments) and (backend == "milvus" or not same_backend) and (report.changed or not same_backend)
+    )
+    writer = _SegmentWriter(settings, embedder, report, folders)
+    if whole:
+        segments = [writer.write(segments, chunks, terms, carry)] if segments or chunks else []
     else:
-        chunk_store = _carry_vectors(
-            chunk_ids,
-            lambda row: chunks[row].search_text,
-            old.chunk_vectors if old else None,
-            embedder.embed_passages,
-            embedder.dim,
-            "chunks",
-            report,
-            "embedded_chunks",
-            settings.index_type,
-            new_store,
-        )
-        sentence_store = carry_sentences()
+        if chunks:
+            segments.append(writer.write([], chunks, terms, carry))
+        written: dict[str, str] = {}
+        for n, group in enumerate(_merge_plan(segments), start=1):
+            names = {written.get(name, name) for name in group}
+            merged = writer.write([s for s in segments if s["name"] in names], [], [], [])
+            segments = [s for s in segments if s["name"] not in names] + [merged]
+            written[f"merge-{n}"] = merged["name"]
+    report.merged_segments = writer.merged
+    for entry in segments:
+        for doc_id, (n_chunks, n_sentences) in writer.documents.get(entry["name"], {}).items():
+            doc_entries[doc_id] = {**doc_entries[doc_id], "segment": entry["name"], "chunks": n_chunks}
+            doc_entries[doc_id]["sentences"] = n_sentences
+    for doc_id in [*report.added, *report.updated]:
+        if doc_entries[doc_id]["segment"] is None:  # no chunk (an empty document): nothing to delete later
+            doc_entries[doc_id]["chunks"] = doc_entries[doc_id]["sentences"] = 0
 
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    live_chunks = sum(s["chunks"] - s["deleted_chunks"] for s in segments)
     manifest = {
         "format": FORMAT_VERSION,
         "model": {"name": embedder.name, "dimension": embedder.dim, "normalized": True},
@@ -774,12 +1054,172 @@ def _plan_and_write(
         "created": old.manifest["created"] if old else now,
         "updated": now,
         "corpus_dir": str(settings.corpus_dir),
-        "vector_backend": settings.vector_backend,
-        "counts": {"documents": len(doc_entries), "chunks": len(chunks), "sentences": len(sentence_ids)},
+        "vector_backend": backend,
+        "counts": {
+            "documents": len(doc_entries),
+            "chunks": live_chunks,
+            "sentences": sum(e.get("sentences", 0) for e in doc_entries.values()),
+            "segments": len(segments),
+        },
         "documents": doc_entries,
         "skipped": skipped,
+        "segments": segments,
     }
-    _write_generation(settings.index_dir, manifest, chunks, terms, chunk_store, sentence_store, generation)
+    _write_generation(settings.index_dir, manifest)
+
+
+def _merge_plan(segments: list[dict]) -> list[set[str]]:
+    """Groups of segments to merge, smallest first: MERGE_FACTOR of one size level, or one mostly deleted.
+
+    The level of a segment is the power of ten of its live chunks over MERGE_LEVEL_CHUNKS, so a
+    chunk is rewritten about once per level it climbs: O(log n) merges per chunk, like Lucene's
+    tiered policy. A merge's result may complete the next level: that merge follows in the plan.
+    """
+
+    def level(live: int) -> int:
+        return 0 if live < MERGE_LEVEL_CHUNKS else int(math.log10(live / MERGE_LEVEL_CHUNKS)) + 1
+
+    sizes = {s["name"]: s["chunks"] - s["deleted_chunks"] for s in segments}
+    holes = [s["name"] for s in segments if s["deleted_chunks"] > MAX_DELETED_SHARE * s["chunks"]]
+    plan: list[set[str]] = []
+    pending = dict(sizes)
+    while True:
+        by_level: dict[int, list[str]] = {}
+        for name, live in pending.items():
+            by_level.setdefault(level(live), []).append(name)
+        group = next((set(names) for _, names in sorted(by_level.items()) if len(names) >= MERGE_FACTOR), None)
+        if group is None:
+            holed = [name for name in holes if name in pending]
+            if not holed:
+                return plan
+            group = {holed[0]}
+        plan.append(group)
+        # A later group names this merge's result "merge-N" (N from 1): the writer gives it its name.
+        merged = f"merge-{len(plan)}"
+        pending = {n: v for n, v in pending.items() if n not in group} | {merged: sum(pending[n] for n in group)}
+
+
+class _SegmentWriter:
+    """Writes segments for one refresh: new chunks, or old segments' live chunks merged, or both.
+
+    Chunks go in document order (the corpus's), so a segment written from scratch holds what a
+    fresh build would. Vectors are carried by id from `carry` (and the merged segments), the
+    rest embedded.
+    """
+
+    def __init__(self, settings: Settings, embedder: Embedder, report: RefreshReport, folders: dict[str, Path]):
+        self.settings, self.embedder, self.report = settings, embedder, report
+        self.folders = dict(folders)  # segment name -> folder, for the old ones and those written now
+        self.documents: dict[str, dict[str, tuple[int, int]]] = {}  # segment -> {document: (chunks, sentences)}
+        self.merged = 0
+        self._taken = 0
+
+    def write(self, merged: list[dict], chunks: list[Chunk], terms: list[list[str]], carry: list[Path]) -> dict:
+        settings, embedder = self.settings, self.embedder
+        chunks, terms = list(chunks), list(terms)
+        sources = []
+        for entry in merged:
+            folder = self.folders[entry["name"]]
+            seg_chunks, seg_terms = _read_chunks(folder / "chunks.jsonl")
+            deleted = set(entry["deleted"])
+            for chunk, chunk_terms in zip(seg_chunks, seg_terms):
+                if chunk.doc_id not in deleted:
+                    chunks.append(chunk)
+                    terms.append(chunk_terms)
+            sources.append(folder)
+            self.merged += 1
+        sources += [f for f in carry if f not in sources]
+        # By document (stably: a document's chunks keep their order), as a fresh build has them.
+        order = sorted(range(len(chunks)), key=lambda row: chunks[row].doc_id)
+        if order != list(range(len(chunks))):
+            chunks, terms = [chunks[r] for r in order], [terms[r] for r in order]
+        name = _next_segment(settings.index_dir, self._taken)
+        self._taken = int(name[4:])
+        old_chunks = old_sentences = None
+        if sources:
+            old_files = [_files_in(folder) for folder in sources]
+            old_chunks = SegmentedStore(
+                [
+                    (load_store(folder / f[1], mapped=True), np.zeros(0, np.int64))
+                    for folder, f in zip(sources, old_files)
+                ]
+            )
+            old_sentences = SegmentedStore(
+                [
+                    (load_store(folder / f[2], mapped=True), np.zeros(0, np.int64))
+                    for folder, f in zip(sources, old_files)
+                ]
+            )
+        new_store = _store_factory(settings, embedder.dim, name)
+        sentence_ids, where = _sentence_locations(chunks)
+
+        def sentence_text(i: int) -> str:
+            chunk = chunks[where[i] >> 16]
+            s = chunk.sentences[where[i] & 0xFFFF]
+            return normalize(chunk.text[s.start - chunk.start : s.end - chunk.start])
+
+        # Texts to embed are made from the chunks a batch at a time (see _carry_vectors): a list of
+        # every chunk's and sentence's normalised text would hold the corpus twice more.
+        def carry_sentences() -> VectorStore:
+            return _carry_vectors(
+                sentence_ids,
+                sentence_text,
+                old_sentences,
+                embedder.embed_passages,
+                embedder.dim,
+                "sentences",
+                self.report,
+                "embedded_sentences",
+                settings.index_type,
+                new_store,
+            )
+
+        chunk_ids = np.fromiter((int_id(c.chunk_id) for c in chunks), dtype=np.int64, count=len(chunks))
+        if settings.chunk_vectors == "pooled":
+            sentence_store = carry_sentences()
+            chunk_store = _carry_vectors(
+                chunk_ids,
+                lambda row: chunks[row],
+                old_chunks,
+                lambda batch: _pooled(batch, sentence_store),
+                embedder.dim,
+                "chunks",
+                self.report,
+                "embedded_chunks",
+                settings.index_type,
+                new_store,
+                by_length=False,  # no padding to save: pooling reads each chunk's sentences alone
+            )
+        else:
+            chunk_store = _carry_vectors(
+                chunk_ids,
+                lambda row: chunks[row].search_text,
+                old_chunks,
+                embedder.embed_passages,
+                embedder.dim,
+                "chunks",
+                self.report,
+                "embedded_chunks",
+                settings.index_type,
+                new_store,
+            )
+            sentence_store = carry_sentences()
+        entry = _write_segment(
+            settings.index_dir, name, settings.vector_backend, chunks, terms, chunk_store, sentence_store
+        )
+        self.folders[name] = settings.index_dir / name
+        counts: dict[str, list[int]] = {}
+        for chunk in chunks:
+            counts.setdefault(chunk.doc_id, [0, 0])[0] += 1
+        for row in (where >> 16).tolist():
+            counts[chunks[row].doc_id][1] += 1
+        self.documents[name] = {doc_id: (n, m) for doc_id, (n, m) in counts.items()}
+        return entry
+
+
+def _files_in(folder: Path) -> tuple[str, ...]:
+    """The files of a segment written with either backend."""
+    return _files("milvus") if (folder / store_file("chunks", "milvus")).exists() else _files("faiss")
 
 
 def _store_factory(settings: Settings, dim: int, generation: str) -> Callable[[str, int], VectorStore] | None:
@@ -842,7 +1282,7 @@ def _carry_vectors(
     """
     store = new_store(label, len(ids)) if new_store else VectorStore(dim, index_type)
     if old_store is not None and len(old_store):
-        reuse = np.isin(ids, old_store.ids())
+        reuse = old_store.contains(ids)
     else:
         reuse = np.zeros(len(ids), dtype=bool)
     whole = None

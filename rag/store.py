@@ -19,8 +19,9 @@ search is still affordable and needs no training. Above it, IVF-PQ (4*sqrt(n) li
 them probed, 8 candidates per result re-ranked on full vectors) gives recall@10 0.97 against
 exact search at 2.6 ms p50 (k=40), builds in 103 s and holds 1.6 GB; at 5M (8,944 lists) the
 same defaults gave 0.954 at 9.3 ms p50, built in 344 s, holding 7.9 GB. HNSW (efSearch 128) is
-faster and more accurate (1.1 ms, 0.995) but took 939 s to build and 1.7 GB; the store is
-rebuilt from carried vectors on every refresh (rag.indexing), so build time decides.
+faster and more accurate (1.1 ms, 0.995) but took 939 s to build and 1.7 GB; a store is built
+whenever a segment that large is written (a full build or a merge, rag.indexing), so build time
+decides. A refresh's own segment is small, hence flat: no training on a refresh.
 
 Trade-off: hnsw and ivfpq cannot delete in place, so `remove` rebuilds them from the remaining
 vectors (ivfpq keeps its trained quantisers), and ivfpq is retrained when the store has grown
@@ -156,6 +157,33 @@ class VectorStore:
             return self._index.search(queries, k, params=params)
         return self._index.search(queries, k)
 
+    def search_live(
+        self, queries: np.ndarray, k: int, selector: faiss.IDSelector, id_map: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`search` among the positions `selector` accepts (deleted chunks of a segment are filtered
+        inside FAISS, so the `k` results are all live); `id_map` is `ids()`, kept by the caller."""
+        k = max(1, min(k, len(self)))
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if len(self) == 0:
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        # The selector speaks of the inner index's positions, so the inner index is searched and
+        # positions mapped to ids here (IndexIDMap2 would translate a selector over ids, but not
+        # into IndexRefine's base index).
+        inner = faiss.downcast_index(self._index.index)
+        kind = self.kind
+        if kind == "ivfpq":
+            base = faiss.SearchParametersIVF(sel=selector, nprobe=self._ivf().nprobe)
+            params = faiss.IndexRefineSearchParameters(
+                k_factor=max(inner.k_factor, REFINE_MIN_CANDIDATES / k), base_index_params=base
+            )
+            params._base = base  # the parameters hold a raw pointer: keep it alive as long as they are
+        elif kind == "hnsw":
+            params = faiss.SearchParametersHNSW(sel=selector, efSearch=inner.hnsw.efSearch)
+        else:
+            params = faiss.SearchParameters(sel=selector)
+        scores, positions = inner.search(queries, k, params=params)
+        return scores, np.where(positions >= 0, id_map[np.maximum(positions, 0)], -1)
+
     def set_search_params(
         self, ef_search: int | None = None, nprobe: int | None = None, k_factor: float | None = None
     ) -> None:
@@ -166,8 +194,10 @@ class VectorStore:
         faiss.write_index(self._index, str(path))
 
     @classmethod
-    def load(cls, path: Path, index_type: str = "auto") -> VectorStore:
-        index = faiss.read_index(str(path))
+    def load(cls, path: Path, index_type: str = "auto", mapped: bool = False) -> VectorStore:
+        """`mapped`: the vectors stay in the file, memory-mapped (for reading a few by id, as a refresh
+        carries an edited document's unchanged vectors), instead of being read whole."""
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC if mapped else 0)
         return cls(index.d, index_type, index)
 
     # ----------------------------------------------------------------------- internals
@@ -220,6 +250,99 @@ class VectorStore:
             ivf.nprobe = nprobe or max(IVF_NPROBE_MIN, math.ceil(ivf.nlist * IVF_NPROBE_FRACTION))
 
 
+class SegmentedStore:
+    """Several stores searched as one, each less its deleted ids: an index of several segments.
+
+    `search` asks each segment for its `k` best live vectors (FAISS filters the deleted ones out
+    while it searches, through an IDSelector over positions) and keeps the `k` best of them all;
+    `get` reads a vector from the newest segment that has it (a vector is a function of its id's
+    text, so any copy is the same). Read-only: a refresh writes new segments instead.
+    """
+
+    def __init__(self, parts: list[tuple[VectorStore, np.ndarray]]) -> None:
+        self.dim = parts[0][0].dim if parts else 0
+        self._parts = []
+        for store, deleted in parts:
+            ids = store.ids()
+            live = ~np.isin(ids, deleted) if len(deleted) else None
+            selector = bitmap = None
+            if live is not None:
+                bitmap = np.packbits(live, bitorder="little")
+                selector = faiss.IDSelectorBitmap(len(live), faiss.swig_ptr(bitmap))
+            live_ids = ids if live is None else ids[live]
+            self._parts.append([store, ids, None, live_ids, selector, bitmap])
+
+    def __len__(self) -> int:
+        return sum(len(part[3]) for part in self._parts)
+
+    @property
+    def kind(self) -> str:
+        """The index type of the largest segment."""
+        return max(self._parts, key=lambda part: len(part[0]))[0].kind if self._parts else "flat"
+
+    @property
+    def stores(self) -> list:
+        return [part[0] for part in self._parts]
+
+    def ids(self) -> np.ndarray:
+        return np.concatenate([part[3] for part in self._parts]) if self._parts else np.zeros(0, np.int64)
+
+    def _sorted_ids(self, part: list) -> np.ndarray:
+        if part[2] is None:  # sorted once, when first needed: searching needs no sort
+            part[2] = np.sort(part[1])
+        return part[2]
+
+    def _found(self, part: list, ids: np.ndarray) -> np.ndarray:
+        sorted_ids = self._sorted_ids(part)
+        at = np.searchsorted(sorted_ids, ids)
+        found = at < len(sorted_ids)
+        found[found] = sorted_ids[at[found]] == ids[found]
+        return found
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        """True where some segment holds a vector for the id (deleted or not: see `get`)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        found = np.zeros(len(ids), dtype=bool)
+        for part in self._parts:
+            found |= self._found(part, ids)
+        return found
+
+    def get(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.zeros((len(ids), self.dim), dtype=np.float32)
+        todo = np.ones(len(ids), dtype=bool)
+        for part in reversed(self._parts):
+            if not todo.any():
+                break
+            found = todo & self._found(part, ids)
+            if found.any():
+                out[found] = part[0].get(ids[found])
+                todo &= ~found
+        if todo.any():
+            raise RuntimeError(f"no vector with id {int(ids[todo][0])} in any segment")
+        return out
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        k = max(1, min(k, len(self)))
+        found_scores, found_ids = [], []
+        for store, ids, _, live_ids, selector, _ in self._parts:
+            if not len(live_ids):
+                continue
+            if selector is None:
+                scores, labels = store.search(queries, k)
+            else:
+                scores, labels = store.search_live(queries, min(k, len(live_ids)), selector, ids)
+            found_scores.append(np.where(labels >= 0, scores, -np.inf))
+            found_ids.append(labels)
+        if not found_ids:
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        scores, labels = np.concatenate(found_scores, axis=1), np.concatenate(found_ids, axis=1)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        scores, labels = np.take_along_axis(scores, order, 1), np.take_along_axis(labels, order, 1)
+        return scores.astype(np.float32), np.where(np.isfinite(scores), labels, -1)
+
+
 # --------------------------------------------------------------------------- backends
 
 # Where vectors live (the `vector_backend` setting): FAISS files in the index folder, or Milvus
@@ -234,10 +357,12 @@ def store_file(label: str, backend: str = "faiss") -> str:
     return f"{label}.faiss" if backend == "faiss" else f"{label}.milvus.json"
 
 
-def load_store(path: Path):
-    """The store a generation file holds or describes: a VectorStore, or a rag.milvus.MilvusStore."""
+def load_store(path: Path, mapped: bool = False):
+    """The store a segment file holds or describes: a VectorStore, or a rag.milvus.MilvusStore.
+
+    `mapped`: a FAISS file's vectors are memory-mapped rather than read (VectorStore.load)."""
     if path.name.endswith(".milvus.json"):
         from rag.milvus import MilvusStore
 
         return MilvusStore.load(path)
-    return VectorStore.load(path)
+    return VectorStore.load(path, mapped=mapped)

@@ -4,7 +4,9 @@
 built here in tmp) passed as `--model <path>`: it loads in a second instead of the bundled model's
 tens of seconds, and exercises the same code path. Half the kills come at a random moment of a
 whole run; the other half aim at the short window where files are written: the test watches the
-index folder and kills within 0-150 ms of the staging folder appearing.
+index folder and kills within 0-150 ms of a staging folder (a segment's or a generation's)
+appearing. The phases: a full build, a refresh (a new segment and deletion markers), and a merge
+(`rag index --optimize` rewriting two segments as one).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 import pytest
 
 from rag.config import PROJECT_ROOT
-from rag.indexing import current_generation, index_lock, load_index
+from rag.indexing import current_generation, index_lock, load_index, segment_folders
 from rag.lexical import BM25
 
 pytestmark = pytest.mark.slow
@@ -88,12 +90,14 @@ def run(args: list[str]) -> subprocess.CompletedProcess:
 
 def fingerprint(index_dir: Path) -> tuple:
     index = load_index(index_dir)  # checksums verified; the model is not needed to compare
-    # The saved BM25 matrix must belong to the same generation as the terms it was built from.
+    # The saved BM25 postings must belong to the same generation as the terms they were built from
+    # (column numbers are the segments' own, so the vocabularies compare as sets).
     fresh = BM25(index.terms)
-    assert index.bm25.vocabulary == fresh.vocabulary
+    assert set(index.bm25.vocabulary) == set(fresh.vocabulary)
     assert all(np.array_equal(index.bm25.scores([t]), fresh.scores([t])) for t in list(fresh.vocabulary)[:20])
     return (
         tuple(sorted((d, m["sha256"]) for d, m in index.documents.items())),
+        tuple((s["chunks"], tuple(s["deleted"])) for s in index.manifest["segments"]),
         tuple(c.chunk_id for c in index.chunks),
         tuple(sorted(index.chunk_vectors.ids().tolist())),
         tuple(sorted(index.sentence_vectors.ids().tolist())),
@@ -103,42 +107,50 @@ def fingerprint(index_dir: Path) -> tuple:
 
 
 def debris(index_dir: Path) -> str:
-    """What a killed run left: a staging folder, a never-current generation, or nothing."""
+    """What a killed run left: a staging folder, a never-current generation or segment, or nothing."""
     live = current_generation(index_dir)
+    named = {p.name for p in segment_folders(index_dir)}
     names = [p.name for p in index_dir.iterdir()] if index_dir.exists() else []
-    if any(n.startswith(".gen-") for n in names):
+    if any(n.startswith((".gen-", ".seg-")) for n in names):
         return "staging folder left"
     if any(n.startswith("gen-") and (live is None or n != live.name) for n in names):
         return "uncommitted generation left"
+    if any(n.startswith("seg-") and n not in named for n in names):
+        return "uncommitted segment left"
     return "no debris"
 
 
 def writing(index_dir: Path) -> bool:
     try:
-        return any(p.name.startswith(".gen-") for p in index_dir.iterdir())
+        return any(p.name.startswith((".gen-", ".seg-")) for p in index_dir.iterdir())
     except FileNotFoundError:
         return False
 
 
-@pytest.mark.parametrize("phase", ["full build", "refresh"])
+@pytest.mark.parametrize("phase", ["full build", "refresh", "merge"])
 def test_sigkill_at_random_moments_leaves_the_old_or_the_new_index(tmp_path, tiny_model, phase):
     v1 = write_corpus(tmp_path / "corpus-v1", 1)
     v2 = write_corpus(tmp_path / "corpus-v2", 2)
     old = None
     old_index = tmp_path / "old-index"
-    if phase == "refresh":
+    extra = ("--optimize",) if phase == "merge" else ()
+    if phase != "full build":
         assert run(rag_index(v1, old_index, tiny_model)).returncode == 0
+    if phase == "merge":  # two segments, the first with deletions: what --optimize merges
+        assert run(rag_index(v2, old_index, tiny_model)).returncode == 0
+        assert len(segment_folders(old_index)) == 2
+    if phase != "full build":
         old = fingerprint(old_index)
 
     def fresh(index_dir: Path) -> None:
         shutil.rmtree(index_dir, ignore_errors=True)
-        if phase == "refresh":
+        if phase != "full build":
             shutil.copytree(old_index, index_dir)
 
     reference = tmp_path / "reference"
     fresh(reference)
     started = time.monotonic()
-    done = run(rag_index(v2, reference, tiny_model))
+    done = run(rag_index(v2, reference, tiny_model, *extra))
     duration = time.monotonic() - started
     assert done.returncode == 0, done.stderr
     new = fingerprint(reference)
@@ -150,7 +162,10 @@ def test_sigkill_at_random_moments_leaves_the_old_or_the_new_index(tmp_path, tin
         index_dir = tmp_path / f"trial-{trial}"
         fresh(index_dir)
         proc = subprocess.Popen(
-            rag_index(v2, index_dir, tiny_model), cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            rag_index(v2, index_dir, tiny_model, *extra),
+            cwd=PROJECT_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         if trial % 2:
             delay = rng.uniform(0, duration)
@@ -173,7 +188,7 @@ def test_sigkill_at_random_moments_leaves_the_old_or_the_new_index(tmp_path, tin
             state = "old index" if got == old else "new index"
         outcomes[f"{state}, {left}" + (", finished before the kill" if code == 0 else "")] += 1
 
-        after = run(rag_index(v2, index_dir, tiny_model))
+        after = run(rag_index(v2, index_dir, tiny_model, *extra))
         assert after.returncode == 0, after.stderr
         assert fingerprint(index_dir) == new
         assert debris(index_dir) == "no debris"

@@ -16,8 +16,9 @@ from rag.indexing import (
     current_generation,
     load_index,
     refresh_index,
+    segment_folders,
 )
-from rag.lexical import BM25
+from rag.lexical import BM25, Postings
 
 ALL_DOCS = ["alpha.txt", "beta.md", "chinese.txt", "mixed.txt"]
 
@@ -212,7 +213,12 @@ def assert_bm25_matches_its_terms(index) -> None:
 
 def test_the_bm25_matrix_is_saved_with_the_index_and_follows_refreshes(settings, embedder):
     _, index = build(settings, embedder)
-    assert not index.bm25.idf.flags.writeable  # memory-mapped from bm25.bin, not rebuilt at load
+    # The term frequencies are memory-mapped from bm25.bin, not counted again from the terms at
+    # load; the weights are computed there from the whole collection's statistics (segments).
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Postings, "build", lambda *a: pytest.fail("terms counted again at load"))
+        patch.setattr(BM25, "__init__", lambda *a: pytest.fail("BM25 rebuilt from terms at load"))
+        index = load_index(settings.index_dir, embedder)
     assert_bm25_matches_its_terms(index)
     assert bm25_docs(index, "quasar") == {"beta.md"}
     # idf depends on every document: an added document must change the saved weights of the others.
@@ -224,18 +230,16 @@ def test_the_bm25_matrix_is_saved_with_the_index_and_follows_refreshes(settings,
 
 
 def test_an_index_of_the_previous_format_says_to_rebuild_and_refresh_rebuilds_it(settings, embedder):
-    """Format 2 indexes had no saved BM25 matrix: they are refused by name, not half-loaded."""
+    """Format 3 indexes had no segments: they are refused by name, not half-loaded."""
     build(settings, embedder)
     generation = current_generation(settings.index_dir)
     manifest_path = generation / "manifest.json"
     manifest = json.loads(manifest_path.read_text("utf-8"))
-    manifest["format"] = 2
-    for name in ("bm25.json", "bm25.bin"):
-        del manifest["checksums"][name]
-        (generation / name).unlink()
+    manifest["format"] = 3
+    del manifest["segments"]
     manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
     (settings.index_dir / "CURRENT").write_text(generation.name, encoding="utf-8")
-    with pytest.raises(IndexMismatchError, match=r"index format 2 is not 3\. Run `rag index --rebuild`"):
+    with pytest.raises(IndexMismatchError, match=r"index format 3 is not 4\. Run `rag index --rebuild`"):
         load_index(settings.index_dir, embedder)
     report, index = build(settings, embedder)
     assert "could not be read" in report.rebuilt_because and report.added == ALL_DOCS
@@ -256,7 +260,7 @@ def flip_byte(path: Path) -> None:
 @pytest.mark.parametrize("name", ["chunks.faiss", "chunks.jsonl", "sentences.faiss", "bm25.json", "bm25.bin"])
 def test_a_damaged_index_file_is_named_on_load(settings, embedder, name):
     build(settings, embedder)
-    flip_byte(current_generation(settings.index_dir) / name)
+    flip_byte(segment_folders(settings.index_dir)[0] / name)
     with pytest.raises(IndexError_, match="damaged") as info:
         load_index(settings.index_dir, embedder)
     assert name in str(info.value)
@@ -266,7 +270,7 @@ def test_a_damaged_index_file_is_named_on_load(settings, embedder, name):
 @pytest.mark.parametrize("name", ["chunks.faiss", "chunks.jsonl", "sentences.faiss", "bm25.json", "bm25.bin"])
 def test_a_missing_index_file_is_named_on_load(settings, embedder, name):
     build(settings, embedder)
-    (current_generation(settings.index_dir) / name).unlink()
+    (segment_folders(settings.index_dir)[0] / name).unlink()
     with pytest.raises(IndexError_, match="missing") as info:
         load_index(settings.index_dir, embedder)
     assert name in str(info.value)
@@ -281,7 +285,7 @@ def test_a_damaged_manifest_is_named_on_load(settings, embedder):
 
 def test_refresh_rebuilds_an_index_it_cannot_read(settings, embedder):
     build(settings, embedder)
-    flip_byte(current_generation(settings.index_dir) / "chunks.faiss")
+    flip_byte(segment_folders(settings.index_dir)[0] / "chunks.faiss")
     report, index = build(settings, embedder)
     assert "could not be read" in report.rebuilt_because
     assert report.added == ALL_DOCS
@@ -319,7 +323,9 @@ def test_manifest_records_model_versions_hashes_and_times(settings, embedder):
     created = datetime.fromisoformat(manifest["created"])
     assert created.tzinfo is not None
     assert datetime.fromisoformat(manifest["updated"]) >= created
-    assert set(manifest["checksums"]) == {"chunks.jsonl", "chunks.faiss", "sentences.faiss", "bm25.json", "bm25.bin"}
+    files = {"chunks.jsonl", "chunks.faiss", "sentences.faiss", "bm25.json", "bm25.bin"}
+    assert [set(s["checksums"]) for s in manifest["segments"]] == [files]
+    assert [set(s["files"]) for s in manifest["segments"]] == [files]  # with their sizes and mtimes
 
     (settings.corpus_dir / "beta.md").unlink()
     _, after = build(settings, embedder)
@@ -335,10 +341,11 @@ def test_a_refresh_replaces_the_generation_and_deletes_the_old_one(settings, emb
     second = current_generation(settings.index_dir)
     assert second != first
     assert not first.exists()
-    assert sorted(p.name for p in settings.index_dir.iterdir() if not p.name.startswith(".")) == [
+    assert sorted(p.name for p in settings.index_dir.iterdir() if not p.name.startswith((".", "seg-"))) == [
         "CURRENT",
         second.name,
     ]
+    assert sorted(settings.index_dir.glob("seg-*")) == segment_folders(settings.index_dir)
 
 
 def test_default_paths_follow_rag_home_not_the_repository(isolated_rag_home):

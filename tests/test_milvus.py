@@ -187,6 +187,7 @@ def test_switching_a_faiss_index_to_milvus_carries_every_vector(settings, milvus
     assert embedder.embedded_passages == []  # nothing re-embedded: vectors carried by id
     index = load_index(milvus.index_dir, embedder)
     assert index.manifest["vector_backend"] == "milvus"
-    assert set(index.manifest["checksums"]) >= {"chunks.milvus.json", "sentences.milvus.json"}
-    assert not list(current_generation(milvus.index_dir).glob("*.faiss"))
+    [segment] = index.manifest["segments"]  # Milvus keeps one segment
+    assert set(segment["checksums"]) >= {"chunks.milvus.json", "sentences.milvus.json"}
+    assert not list(milvus.index_dir.glob("*/*.faiss"))
     assert set(index.chunk_vectors.ids().tolist()) == set(index.row_of_id)

@@ -450,7 +450,7 @@ def flip_byte(path: Path) -> None:
 
 
 DAMAGES = {"truncated": truncate, "flipped byte": flip_byte, "missing": Path.unlink}
-INDEX_FILES = list(rag.indexing._FILES)  # every file of a generation, including bm25.json and bm25.bin
+INDEX_FILES = ["manifest.json", *rag.indexing._FILES]  # a generation's manifest and every file of its segment
 
 
 @pytest.mark.parametrize("damage", DAMAGES)
@@ -459,7 +459,12 @@ def test_damage_is_named_on_load_and_rag_index_rebuild_repairs_it(settings, fake
     flags = ["--corpus", str(settings.corpus_dir), "--index-dir", str(settings.index_dir)]
     assert run_cli(capsys, "index", *flags)[0] == 0
     generation = current_generation(settings.index_dir)
-    path = settings.index_dir / name if name == "CURRENT" else generation / name
+    if name == "CURRENT":
+        path = settings.index_dir / name
+    else:
+        path = (
+            generation / name if name == "manifest.json" else rag.indexing.segment_folders(settings.index_dir)[0] / name
+        )
     DAMAGES[damage](path)
 
     with pytest.raises(IndexError_) as info:
@@ -481,7 +486,7 @@ def test_damage_is_named_on_load_and_rag_index_rebuild_repairs_it(settings, fake
 def test_a_damaged_index_is_reported_by_rag_ask_with_the_fix(settings, fake_model, capsys):
     flags = ["--corpus", str(settings.corpus_dir), "--index-dir", str(settings.index_dir)]
     run_cli(capsys, "index", *flags)
-    flip_byte(current_generation(settings.index_dir) / "chunks.faiss")
+    flip_byte(rag.indexing.segment_folders(settings.index_dir)[0] / "chunks.faiss")
     code, _, err = run_cli(capsys, "ask", *flags, "Which airship?")
     assert code == 1
     assert "chunks.faiss is damaged (checksum mismatch). Run `rag index --rebuild` to rebuild it." in err

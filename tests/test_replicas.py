@@ -28,7 +28,7 @@ from rag.assistant import Assistant, ReadOnlyIndexError
 from rag.collection import Library, NotReady
 from rag.config import PROJECT_ROOT
 from rag.history import History
-from rag.indexing import RETIRED, current_generation, refresh_index
+from rag.indexing import RETIRED, current_generation, refresh_index, segment_folders
 from rag.live_index import RETRY_FAILED_S
 
 NEW_DOC = "Okapi harbour notes\nThe okapi ferry leaves the harbour at seven every morning.\n"
@@ -137,9 +137,10 @@ def test_a_damaged_new_generation_keeps_the_old_one_serving_and_says_why(setting
     add_document(settings)
     writer.refresh()
     damaged = current_generation(settings.index_dir)
-    data = bytearray((damaged / "chunks.faiss").read_bytes())
+    newest = segment_folders(settings.index_dir)[-1]  # the segment written for the new document
+    data = bytearray((newest / "chunks.faiss").read_bytes())
     data[len(data) // 2] ^= 0xFF
-    (damaged / "chunks.faiss").write_bytes(bytes(data))
+    (newest / "chunks.faiss").write_bytes(bytes(data))
 
     assert not replica.follow_index()
     err = capsys.readouterr().err
