@@ -589,7 +589,8 @@ def _write_generation(index_dir: Path, manifest: dict, name: str | None = None) 
     staging = index_dir / f".{name}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    manifest_bytes = json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8")
+    # One line: with an indent, json encodes in pure Python, ~1 s for a million chunks' manifest.
+    manifest_bytes = json.dumps(manifest, ensure_ascii=False).encode("utf-8")
     with (staging / "manifest.json").open("wb") as fh:
         fh.write(manifest_bytes)
         fh.flush()
