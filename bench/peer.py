@@ -183,6 +183,7 @@ def bench_eval(name: str, rounds: int, quiet_load: float, quiet_wait: float, cac
     work = Path(tempfile.mkdtemp(prefix=f"peer-{name}-"))
     settings = Settings.from_env(corpus_dir=corpus, index_dir=work / "index", cache_dir=cache_dir)
     embedder = Assistant(settings).embedder
+    embedder.embed_passages(["warm-up"])  # the passage model loads on first use: in no system's build time
     runs: dict[str, list[dict]] = {label: [] for label in [*PEER_CONFIGS, *RAG_CONFIGS]}
     loads = []
     for _ in range(rounds):
