@@ -18,7 +18,7 @@ import logging
 import math
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -121,31 +121,24 @@ class BM25:
         """Write the matrix as raw arrays plus a JSON layout (no pickle: `load` maps the bytes)."""
         vocabulary = sorted(self.vocabulary, key=self.vocabulary.__getitem__)
         layout = {"format": self._FORMAT, "n_docs": self.n_docs, "nnz": len(self._indices), "vocabulary": vocabulary}
-        layout_path.write_text(json.dumps(layout, ensure_ascii=False), encoding="utf-8")
-        with arrays_path.open("wb") as fh:
-            for array, dtype in zip((self._indptr, self.idf, self._indices, self._data), self._DTYPES):
-                fh.write(np.ascontiguousarray(array, dtype=dtype).data)
+        arrays = (self._indptr, self.idf, self._indices, self._data)
+        _save_arrays(layout_path, arrays_path, layout, arrays, self._DTYPES)
 
     @classmethod
     def load(cls, layout_path: Path, arrays_path: Path) -> BM25:
         """A BM25 whose arrays are memory-mapped read-only from `arrays_path` (pages load on use)."""
-        layout = json.loads(layout_path.read_text(encoding="utf-8"))
-        if layout.get("format") != cls._FORMAT:
-            raise ValueError(f"{layout_path} has BM25 format {layout.get('format')}, not {cls._FORMAT}")
-        vocabulary, nnz, n_docs = layout["vocabulary"], int(layout["nnz"]), int(layout["n_docs"])
-        lengths = (len(vocabulary) + 1, len(vocabulary), nnz, nnz)
-        expected = sum(n * dtype.itemsize for n, dtype in zip(lengths, cls._DTYPES))
-        raw = np.memmap(arrays_path, dtype=np.uint8, mode="r")
-        if raw.size != expected:
-            raise ValueError(f"{arrays_path} holds {raw.size} bytes; its layout in {layout_path} needs {expected}")
-        arrays, offset = [], 0
-        for n, dtype in zip(lengths, cls._DTYPES):
-            arrays.append(np.frombuffer(raw, dtype=dtype, count=n, offset=offset))  # a view: no copy, no read
-            offset += n * dtype.itemsize
+        layout, arrays = _load_arrays(
+            layout_path,
+            arrays_path,
+            cls._FORMAT,
+            cls._DTYPES,
+            lambda vocabulary, n_docs, nnz: (len(vocabulary) + 1, len(vocabulary), nnz, nnz),
+        )
+        vocabulary, nnz = layout["vocabulary"], int(layout["nnz"])
         bm25 = cls.__new__(cls)
         bm25.vocabulary = {term: col for col, term in enumerate(vocabulary)}
         bm25._indptr, bm25.idf, bm25._indices, bm25._data = arrays
-        bm25.n_docs = n_docs
+        bm25.n_docs = int(layout["n_docs"])
         if len(bm25.vocabulary) != len(vocabulary) or bm25._indptr[-1] != nnz:
             raise ValueError(f"{layout_path} does not match {arrays_path}")
         return bm25
@@ -237,31 +230,58 @@ class Postings:
             "nnz": len(self.indices),
             "vocabulary": self.vocabulary,
         }
-        layout_path.write_text(json.dumps(layout, ensure_ascii=False), encoding="utf-8")
-        with arrays_path.open("wb") as fh:
-            for array, dtype in zip((self.indptr, self.lengths, self.indices, self.tf), self._DTYPES):
-                fh.write(np.ascontiguousarray(array, dtype=dtype).data)
+        _save_arrays(layout_path, arrays_path, layout, (self.indptr, self.lengths, self.indices, self.tf), self._DTYPES)
 
     @classmethod
     def load(cls, layout_path: Path, arrays_path: Path) -> Postings:
         """Arrays memory-mapped read-only from `arrays_path`; the layout is checked against its size."""
-        layout = json.loads(layout_path.read_text(encoding="utf-8"))
-        if layout.get("format") != cls._FORMAT:
-            raise ValueError(f"{layout_path} has BM25 format {layout.get('format')}, not {cls._FORMAT}")
-        vocabulary, nnz, n_docs = layout["vocabulary"], int(layout["nnz"]), int(layout["n_docs"])
-        lengths = (len(vocabulary) + 1, n_docs, nnz, nnz)
-        expected = sum(n * dtype.itemsize for n, dtype in zip(lengths, cls._DTYPES))
-        raw = np.memmap(arrays_path, dtype=np.uint8, mode="r") if expected else np.zeros(0, np.uint8)
-        if raw.size != expected:
-            raise ValueError(f"{arrays_path} holds {raw.size} bytes; its layout in {layout_path} needs {expected}")
-        arrays, offset = [], 0
-        for n, dtype in zip(lengths, cls._DTYPES):
-            arrays.append(np.frombuffer(raw, dtype=dtype, count=n, offset=offset))
-            offset += n * dtype.itemsize
+        layout, arrays = _load_arrays(
+            layout_path,
+            arrays_path,
+            cls._FORMAT,
+            cls._DTYPES,
+            lambda vocabulary, n_docs, nnz: (len(vocabulary) + 1, n_docs, nnz, nnz),
+        )
+        vocabulary, nnz = layout["vocabulary"], int(layout["nnz"])
         postings = cls(vocabulary, *arrays)
         if len(set(vocabulary)) != len(vocabulary) or postings.indptr[-1] != nnz:
             raise ValueError(f"{layout_path} does not match {arrays_path}")
         return postings
+
+
+def _save_arrays(
+    layout_path: Path, arrays_path: Path, layout: dict, arrays: Sequence[np.ndarray], dtypes: Sequence[np.dtype]
+) -> None:
+    """A JSON layout, and the arrays written raw one after another, each in its fixed dtype."""
+    layout_path.write_text(json.dumps(layout, ensure_ascii=False), encoding="utf-8")
+    with arrays_path.open("wb") as fh:
+        for array, dtype in zip(arrays, dtypes):
+            fh.write(np.ascontiguousarray(array, dtype=dtype).data)
+
+
+def _load_arrays(
+    layout_path: Path,
+    arrays_path: Path,
+    version: int,
+    dtypes: Sequence[np.dtype],
+    counts: Callable[[list[str], int, int], tuple[int, ...]],
+) -> tuple[dict, list[np.ndarray]]:
+    """The layout written by `_save_arrays` (of format `version`) and its arrays, memory-mapped
+    read-only: views, no copy, no read. `counts(vocabulary, n_docs, nnz)` gives each array's length;
+    the file must hold exactly those."""
+    layout = json.loads(layout_path.read_text(encoding="utf-8"))
+    if layout.get("format") != version:
+        raise ValueError(f"{layout_path} has BM25 format {layout.get('format')}, not {version}")
+    lengths = counts(layout["vocabulary"], int(layout["n_docs"]), int(layout["nnz"]))
+    expected = sum(n * dtype.itemsize for n, dtype in zip(lengths, dtypes))
+    raw = np.memmap(arrays_path, dtype=np.uint8, mode="r") if expected else np.zeros(0, np.uint8)
+    if raw.size != expected:
+        raise ValueError(f"{arrays_path} holds {raw.size} bytes; its layout in {layout_path} needs {expected}")
+    arrays, offset = [], 0
+    for n, dtype in zip(lengths, dtypes):
+        arrays.append(np.frombuffer(raw, dtype=dtype, count=n, offset=offset))
+        offset += n * dtype.itemsize
+    return layout, arrays
 
 
 class SegmentedBM25(BM25):
