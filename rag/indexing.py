@@ -127,7 +127,7 @@ class Index:
     terms: list[list[str]]
     chunk_vectors: VectorStore
     sentence_vectors: VectorStore
-    bm25: BM25  # over `terms`, saved with them (see _write_generation)
+    bm25: BM25  # over `terms`: each segment's postings, weighed at load (SegmentedBM25)
     path: Path
     row_of_id: dict[int, int] = field(init=False)
     chunk_rows_of_sentence: dict[int, list[int]] = field(init=False)
@@ -1176,34 +1176,24 @@ class _SegmentWriter:
             )
 
         chunk_ids = np.fromiter((int_id(c.chunk_id) for c in chunks), dtype=np.int64, count=len(chunks))
-        if settings.chunk_vectors == "pooled":
+        # Pooled chunk vectors are made from the sentence vectors, so those come first.
+        pooled = settings.chunk_vectors == "pooled"
+        if pooled:
             sentence_store = carry_sentences()
-            chunk_store = _carry_vectors(
-                chunk_ids,
-                lambda row: chunks[row],
-                old_chunks,
-                lambda batch: _pooled(batch, sentence_store),
-                embedder.dim,
-                "chunks",
-                self.report,
-                "embedded_chunks",
-                settings.index_type,
-                new_store,
-                by_length=False,  # no padding to save: pooling reads each chunk's sentences alone
-            )
-        else:
-            chunk_store = _carry_vectors(
-                chunk_ids,
-                lambda row: chunks[row].search_text,
-                old_chunks,
-                embedder.embed_passages,
-                embedder.dim,
-                "chunks",
-                self.report,
-                "embedded_chunks",
-                settings.index_type,
-                new_store,
-            )
+        chunk_store = _carry_vectors(
+            chunk_ids,
+            (lambda row: chunks[row]) if pooled else (lambda row: chunks[row].search_text),
+            old_chunks,
+            (lambda batch: _pooled(batch, sentence_store)) if pooled else embedder.embed_passages,
+            embedder.dim,
+            "chunks",
+            self.report,
+            "embedded_chunks",
+            settings.index_type,
+            new_store,
+            by_length=not pooled,  # pooling pads nothing: it reads each chunk's sentences alone
+        )
+        if not pooled:
             sentence_store = carry_sentences()
         entry = _write_segment(
             settings.index_dir, name, settings.vector_backend, chunks, terms, chunk_store, sentence_store
