@@ -6,7 +6,7 @@ the build, averaged), the build overhead
 over raw encoding, and the time to refresh after editing one document (and its ratio to the
 full build). The full build's time is also split by stage (`build_stages_s`), measured by timing
 the functions rag.indexing calls; stages nest (token counting is inside chunking, embedding
-inside the vector stores, the BM25 build inside writing), so they do not add up.
+inside the vector stores, the BM25 postings inside writing segments), so they do not add up.
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ def stage_timer(embedder):
         (rag.indexing, "chunk_document", "chunking (incl. token counting)"),
         (rag.indexing, "document_terms", "search terms (jieba, pinyin, names)"),
         (rag.indexing, "_carry_vectors", "vector stores (incl. embedding)"),
-        (rag.indexing.BM25, "__init__", "BM25 matrix"),
-        (rag.indexing, "_write_generation", "writing the generation (incl. BM25)"),
+        (rag.indexing, "_write_segment", "writing segments (incl. BM25 postings)"),
+        (rag.indexing, "_write_generation", "writing the generation's manifest"),
     ]
     originals = [(owner, name, getattr(owner, name)) for owner, name, _ in wrapped]
 
