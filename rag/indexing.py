@@ -115,7 +115,12 @@ class IndexMismatchError(IndexError_):
 
 def sentence_key(doc_id: str, text: str) -> int:
     """Sentence vectors are shared by the overlapping chunks that contain the sentence."""
-    return int_id(f"{doc_id}\x00{normalize(text)}")
+    return normalized_sentence_key(doc_id, normalize(text))
+
+
+def normalized_sentence_key(doc_id: str, normalized: str) -> int:
+    """`sentence_key` of a sentence whose `normalize`d text the caller already has."""
+    return int_id(f"{doc_id}\x00{normalized}")
 
 
 @dataclass

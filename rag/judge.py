@@ -26,10 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rag.chunking import int_id
 from rag.crosslingual import QUESTION_WORDS, QueryWords, document_terms, stem
 from rag.documents import is_chinese, normalize
-from rag.indexing import Index
+from rag.indexing import Index, normalized_sentence_key
 from rag.lexical import STOPWORDS
 from rag.rerank import SentenceJudge
 
@@ -454,7 +453,7 @@ def candidate_features(index: Index, retrieval, words: QueryWords | None = None)
     for _, hit, _, _, text, neighbours in spans:
         for t in (text, *neighbours):
             if t and (hit.chunk.doc_id, t) not in keys:
-                keys[hit.chunk.doc_id, t] = int_id(f"{hit.chunk.doc_id}\x00{_sentence(t).normalized}")
+                keys[hit.chunk.doc_id, t] = normalized_sentence_key(hit.chunk.doc_id, _sentence(t).normalized)
     unique = list(dict.fromkeys(keys.values()))
     cosine_of = dict(zip(unique, index.sentence_vectors.get(np.array(unique, dtype=np.int64)) @ retrieval.query_vector))
     found_of: dict[str, set[str]] = {}
