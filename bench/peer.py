@@ -3,7 +3,9 @@
 Run: pip install -e ".[bench]" && python bench/peer.py [--eval bundled|xquad|both] [--rounds 3]
 
 The peer is configured as a capable user would: the same multilingual-e5-small model with its
-`query: `/`passage: ` prompts (rag's own embedder, wrapped as a LlamaIndex embedding), plus
+`query: `/`passage: ` prompts (rag's own embedder, wrapped as a LlamaIndex embedding, with its
+passages in float32 as sentence-transformers runs them; rag's build runs them in int8, its
+default `--passage-precision`), plus
 `BM25Retriever` over jieba-segmented text, fused by `QueryFusionRetriever` (reciprocal rerank), top 5;
 once with LlamaIndex's default chunks (SentenceSplitter, 1,024 tokens) and once with 256-token chunks.
 rag runs as shipped, and with `--chunk-vectors pooled` (no model pass over the chunks).
@@ -37,6 +39,7 @@ from common import ROOT, emit, percentile  # noqa: E402
 from rag.assistant import Assistant  # noqa: E402
 from rag.config import Settings  # noqa: E402
 from rag.documents import load_corpus, normalize  # noqa: E402
+from rag.embeddings import load_embedder  # noqa: E402
 from rag.evaluate import language_direction, load_qa, normalize_answer  # noqa: E402
 
 EVALS = {
@@ -183,13 +186,15 @@ def bench_eval(name: str, rounds: int, quiet_load: float, quiet_wait: float, cac
     work = Path(tempfile.mkdtemp(prefix=f"peer-{name}-"))
     settings = Settings.from_env(corpus_dir=corpus, index_dir=work / "index", cache_dir=cache_dir)
     embedder = Assistant(settings).embedder
-    embedder.embed_passages(["warm-up"])  # the passage model loads on first use: in no system's build time
+    peer_embedder = load_embedder(settings.embed_model, cache_dir, "fp32")
+    for model in (embedder, peer_embedder):  # the passage model loads on first use: in no system's build time
+        model.embed_passages(["warm-up"])
     runs: dict[str, list[dict]] = {label: [] for label in [*PEER_CONFIGS, *RAG_CONFIGS]}
     loads = []
     for _ in range(rounds):
         for (label, chunk_tokens), (rag_label, chunk_vectors) in zip(PEER_CONFIGS.items(), RAG_CONFIGS.items()):
             loads.append(wait_for_quiet(quiet_load, quiet_wait))
-            runs[label].append(run_peer(label, chunk_tokens, documents, embedder, rows))
+            runs[label].append(run_peer(label, chunk_tokens, documents, peer_embedder, rows))
             loads.append(wait_for_quiet(quiet_load, quiet_wait))
             runs[rag_label].append(run_rag(settings.with_(chunk_vectors=chunk_vectors), embedder, rows))
     shutil.rmtree(work, ignore_errors=True)

@@ -45,7 +45,7 @@ class Assistant:
     def __init__(self, settings: Settings, embedder: Embedder | None = None, read_only: bool = False) -> None:
         self.settings = settings
         self.read_only = read_only
-        self.embedder = embedder or load_embedder(settings.embed_model, settings.cache_dir)
+        self.embedder = embedder or load_embedder(settings.embed_model, settings.cache_dir, settings.passage_precision)
         self._live = LiveIndex(
             settings.index_dir, lambda: load_index(settings.index_dir, self.embedder), settings.reload_check_s
         )

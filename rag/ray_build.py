@@ -159,7 +159,9 @@ class BuildWorker:
 
         self.config = config
         # Passages and token counts go through sentence-transformers for every model, the bundled one included.
-        self.embedder = load_sentence_transformer_embedder(config["model"], Path(config["cache_dir"]))
+        self.embedder = load_sentence_transformer_embedder(
+            config["model"], Path(config["cache_dir"]), config["passage_precision"]
+        )
         # What a first call loads (jieba's and CEDICT's dictionaries, the model's first pass) is
         # start-up, paid here once rather than inside the first batch.
         document_terms("warm up 预热")
@@ -219,6 +221,7 @@ def worker_config(settings: Settings, threads: int = 1) -> dict:
     """The driver's settings a worker builds with: never the worker machine's own environment."""
     return {
         "model": settings.embed_model,
+        "passage_precision": settings.passage_precision,
         "cache_dir": str(settings.cache_dir),
         "chunk_tokens": settings.chunk_tokens,
         "chunk_overlap": settings.chunk_overlap,

@@ -153,7 +153,7 @@ def collect(dataset: Dataset, cache_dir: Path, synthetic: bool = True) -> list[d
     from rag.retrieval import retrieve
 
     settings = Settings.from_env(corpus_dir=dataset.corpus, index_dir=cache_dir / f"train-index-{dataset.name}")
-    embedder = load_embedder(settings.embed_model, settings.cache_dir)
+    embedder = load_embedder(settings.embed_model, settings.cache_dir, settings.passage_precision)
     refresh_index(settings, embedder)
     index = load_index(settings.index_dir, embedder)
     use = load_judge()

@@ -107,7 +107,7 @@ def test_the_app_serves_an_existing_index_with_a_warning_when_the_corpus_folder_
     from rag.assistant import Assistant
 
     Assistant(settings, embedder).refresh()
-    monkeypatch.setattr("rag.assistant.load_embedder", lambda name, cache_dir: embedder)
+    monkeypatch.setattr("rag.assistant.load_embedder", lambda name, cache_dir, precision: embedder)
     monkeypatch.setattr(web, "build_app", lambda library, *args: LaunchRecorder(library))
     monkeypatch.setenv("RAG_INDEX_DIR", str(settings.index_dir))
     for corpus in (tmp_path / "unmounted", tmp_path / "empty"):
@@ -122,7 +122,7 @@ def test_the_app_serves_an_existing_index_with_a_warning_when_the_corpus_folder_
 
 
 def test_the_app_refuses_to_start_with_no_corpus_and_no_index(monkeypatch, capsys, embedder, tmp_path):
-    monkeypatch.setattr("rag.assistant.load_embedder", lambda name, cache_dir: embedder)
+    monkeypatch.setattr("rag.assistant.load_embedder", lambda name, cache_dir, precision: embedder)
     monkeypatch.setenv("RAG_CORPUS_DIR", str(tmp_path / "unmounted"))
     assert web.main([]) == 1
     assert "does not exist" in capsys.readouterr().err

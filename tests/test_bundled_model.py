@@ -54,8 +54,8 @@ def test_the_default_model_is_the_bundled_conversion(real_embedder, model_cache_
 
 @pytest.fixture(scope="session")
 def torch_embedder(model_cache_dir):
-    """The converted model through sentence-transformers for queries too (what the index is built with)."""
-    return load_sentence_transformer_embedder(DEFAULT_EMBED_MODEL, model_cache_dir)
+    """The converted model through sentence-transformers in float32, for queries too."""
+    return load_sentence_transformer_embedder(DEFAULT_EMBED_MODEL, model_cache_dir, "fp32")
 
 
 @pytest.mark.parametrize("kind", ["query", "passage"])
@@ -79,6 +79,26 @@ def test_questions_embedded_without_torch_agree_with_sentence_transformers(real_
     agreement = cosines(ours, theirs)
     assert agreement.min() >= 0.999, min(zip(agreement, questions))
     assert real_embedder.embed_queries([]).shape == (0, 384)
+
+
+def test_int8_passages_agree_with_float32_and_the_narrowing_layers_stay_float32(real_embedder, torch_embedder):
+    """The default build embeds passages with int8 weights; what the index holds barely moves."""
+    import torch
+
+    int8 = real_embedder.passage_embedder
+    assert int8.passage_precision == "int8"
+    # Module names differ between transformers versions ("0.auto_model." or "0.model."): match the end.
+    layers = {
+        name.split("encoder.")[-1]: type(m) for name, m in int8._model.named_modules() if "Linear" in type(m).__name__
+    }
+    assert layers["layer.0.intermediate.dense"] is not torch.nn.Linear  # 384 -> 1536: int8
+    assert layers["layer.0.attention.self.query"] is not torch.nn.Linear
+    assert layers["layer.0.output.dense"] is torch.nn.Linear  # 1536 -> 384 stays float
+    ours, reference = int8.embed_passages(SENTENCES), torch_embedder.embed_passages(SENTENCES)
+    agreement = cosines(ours, reference)
+    assert agreement.min() >= 0.99, dict(zip(SENTENCES, agreement.round(4)))
+    # Still the same space: every passage is nearest its own float32 vector.
+    assert ((ours @ reference.T).argmax(axis=1) == np.arange(len(SENTENCES))).all()
 
 
 def test_the_trimmed_question_tokenizer_gives_the_ids_of_tokenizer_json(model_cache_dir, tmp_path):

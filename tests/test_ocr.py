@@ -111,7 +111,7 @@ def test_a_png_is_read_by_ocr_in_english_and_chinese(tmp_path: Path):
 @needs_tesseract
 def test_a_scanned_pdf_page_is_indexed_and_cited_by_page(tmp_path: Path, monkeypatch, real_embedder, capsys):
     # The real model, as the answer judge's calibration expects; loaded once per session.
-    monkeypatch.setattr("rag.assistant.load_embedder", lambda name, cache_dir: real_embedder)
+    monkeypatch.setattr("rag.assistant.load_embedder", lambda name, cache_dir, precision: real_embedder)
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     (corpus / "harbour.pdf").write_bytes(scanned_pdf())

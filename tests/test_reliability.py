@@ -322,7 +322,7 @@ def test_a_file_deleted_after_it_was_read_is_indexed_then_removed_by_the_next_re
 @pytest.fixture
 def fake_model(monkeypatch, embedder):
     """`rag` commands in-process with the fake embedder in place of the real model."""
-    monkeypatch.setattr("rag.assistant.load_embedder", lambda name, cache_dir: embedder)
+    monkeypatch.setattr("rag.assistant.load_embedder", lambda name, cache_dir, precision: embedder)
     return embedder
 
 

@@ -269,7 +269,7 @@ def test_rag_serve_replica_starts_without_a_corpus_and_never_refreshes(settings,
 
     add_document(settings)  # the corpus changed: a writer would refresh at start, a replica must not
     before = snapshot(settings.index_dir)
-    monkeypatch.setattr("rag.assistant.load_embedder", lambda name, cache_dir: embedder)
+    monkeypatch.setattr("rag.assistant.load_embedder", lambda name, cache_dir, precision: embedder)
     monkeypatch.setattr(web, "build_app", Page)
     monkeypatch.setenv("RAG_INDEX_DIR", str(settings.index_dir))
     monkeypatch.setenv("RAG_CORPUS_DIR", str(settings.corpus_dir.parent / "not-mounted-here"))
