@@ -101,6 +101,16 @@ def test_int8_passages_agree_with_float32_and_the_narrowing_layers_stay_float32(
     assert ((ours @ reference.T).argmax(axis=1) == np.arange(len(SENTENCES))).all()
 
 
+def test_passages_batched_by_their_length_in_tokens_come_back_in_their_order(torch_embedder):
+    """Batches are formed by token count (not the caller's order); each vector lands on its text."""
+    texts = SENTENCES * 3 + ["长三角" * 80, "short", "G60 " * 40]  # more than a batch, lengths mixed
+    together = torch_embedder.embed_passages(texts)
+    alone = np.concatenate([torch_embedder.embed_passages([t]) for t in texts])
+    assert together.shape == (len(texts), 384) and together.dtype == np.float32
+    assert cosines(together, alone).min() >= 0.9999
+    assert torch_embedder.embed_passages([]).shape == (0, 384)
+
+
 def test_the_trimmed_question_tokenizer_gives_the_ids_of_tokenizer_json(model_cache_dir, tmp_path):
     """rag.query_encoder tokenizes English/Chinese text with a trimmed vocabulary, the rest with the full one."""
     import random
