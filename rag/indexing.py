@@ -786,7 +786,7 @@ def _chunking(settings: Settings) -> dict:
     chunking = {"max_tokens": settings.chunk_tokens, "overlap": settings.chunk_overlap, "text": TEXT_VERSION}
     if settings.chunk_vectors != "embedded":  # absent in indexes made before the choice existed
         chunking["chunk_vectors"] = settings.chunk_vectors
-    if settings.passage_precision != "fp32":  # likewise: those were all embedded in float32
+    if settings.passage_precision != "fp32":  # likewise: those were embedded in float32
         chunking["passage_precision"] = settings.passage_precision
     return chunking
 

@@ -81,11 +81,11 @@ def test_questions_embedded_without_torch_agree_with_sentence_transformers(real_
     assert real_embedder.embed_queries([]).shape == (0, 384)
 
 
-def test_int8_passages_agree_with_float32_and_the_narrowing_layers_stay_float32(real_embedder, torch_embedder):
-    """The default build embeds passages with int8 weights; what the index holds barely moves."""
+def test_int8_passages_agree_with_float32_and_the_narrowing_layers_stay_float32(model_cache_dir, torch_embedder):
+    """--passage-precision int8 embeds passages with int8 weights; what the index holds barely moves."""
     import torch
 
-    int8 = real_embedder.passage_embedder
+    int8 = load_sentence_transformer_embedder(DEFAULT_EMBED_MODEL, model_cache_dir, "int8")
     assert int8.passage_precision == "int8"
     # Module names differ between transformers versions ("0.auto_model." or "0.model."): match the end.
     layers = {

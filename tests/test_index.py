@@ -371,12 +371,14 @@ def test_pooled_chunk_vectors_are_the_length_weighted_mean_of_their_sentences(se
 
 def test_switching_passage_precision_rebuilds_with_the_reason(settings, embedder):
     """Old and new vectors would be embedded at different precisions: one index holds one kind."""
-    assert settings.passage_precision == "int8"
+    assert settings.passage_precision == "fp32"
     build(settings, embedder)
-    report = refresh_index(settings.with_(passage_precision="fp32"), embedder)
+    report = refresh_index(settings.with_(passage_precision="int8"), embedder)
     assert "chunking" in report.rebuilt_because and "int8" in report.rebuilt_because
-    report = refresh_index(settings.with_(passage_precision="fp32"), embedder)
+    report = refresh_index(settings.with_(passage_precision="int8"), embedder)
     assert report.rebuilt_because is None
+    report = refresh_index(settings, embedder)  # and back
+    assert "chunking" in report.rebuilt_because
 
 
 def test_switching_how_chunk_vectors_are_made_rebuilds_and_a_pooled_refresh_costs_what_changed(settings, embedder):
