@@ -8,7 +8,9 @@ of the bundled eval (eval/qa.jsonl), the XQuAD public split (eval/xquad/question
 hand-written near-topic unanswerables) and, with --cmrc, the CMRC 2018 trial set; plus synthetic
 unanswerables (an answerable question with its entity swapped for another entity of the same
 article, kept only when no sentence of the corpus holds the new entity with the rest of the
-question). A sentence is positive when it holds a gold answer and comes from a gold document.
+question) and, with --off-topic N, off-topic ones (the other datasets' questions, asked of this
+corpus, kept only when none of their answers occurs in it). A sentence is positive when it holds a gold answer
+and comes from a gold document.
 
 Folds are by article (a question, its other-language twin and its synthetic variants share their
 article's fold), never by question. The thresholds are chosen on the out-of-fold probabilities of
@@ -145,8 +147,47 @@ def synthetic_unanswerables(rows: list[dict], sentences_by_doc: dict[str, list[s
 # --------------------------------------------------------------------------- collecting features
 
 
-def collect(dataset: Dataset, cache_dir: Path, synthetic: bool = True) -> list[dict]:
-    """One record per question: its candidates' features and labels."""
+def off_topic_unanswerables(foreign: list[dict], corpus_text: str, per_dataset: int) -> list[dict]:
+    """Answerable questions of other datasets, asked of this corpus: what it should refuse outright.
+
+    Kept only when none of their gold answers occurs in this corpus. Without them the judge learns
+    abstention from near-topic questions alone and let an off-topic one through ("How many
+    minutes should I boil an egg?" over news of the Yangtze delta, P(answerable) 0.36-0.42).
+    """
+    text = normalize_answer(corpus_text)
+    kept = [
+        row
+        for row in foreign
+        if row["answers"] and not any(normalize_answer(a) and normalize_answer(a) in text for a in row["answers"])
+    ]
+    kept.sort(key=lambda row: zlib.crc32(row["id"].encode()))  # a stable sample, unlike hash()
+    return [
+        {
+            "id": f"{row['id']}-offtopic",
+            "question": row["question"],
+            "answers": [],
+            "match": "any",
+            "doc_ids": [],
+            "tags": [t for t in row["tags"] if t in ("q-en", "q-zh")] + ["synthetic", "unanswerable", "off-topic"],
+            # Its fold follows the article it came from, with its other-language twin.
+            "source": row["doc_ids"][0] if row["doc_ids"] else row["id"],
+        }
+        for row in kept[:per_dataset]
+    ]
+
+
+def collect(
+    dataset: Dataset,
+    cache_dir: Path,
+    synthetic: bool = True,
+    foreign: Sequence[dict] = (),
+    off_topic_per_dataset: int = 0,
+) -> list[dict]:
+    """One record per question: its candidates' features and labels.
+
+    `foreign`: other datasets' questions, up to `off_topic_per_dataset` of which are asked of
+    this corpus as off-topic unanswerables.
+    """
     from rag.embeddings import load_embedder
     from rag.indexing import load_index, refresh_index
     from rag.rerank import load_judge
@@ -165,8 +206,14 @@ def collect(dataset: Dataset, cache_dir: Path, synthetic: bool = True) -> list[d
                 chunk.text[s.start - chunk.start : s.end - chunk.start] for s in chunk.sentences
             ]
         extra = synthetic_unanswerables(rows, sentences)
-        print(f"{dataset.name}: {len(rows)} questions, {len(extra)} synthetic unanswerables", file=sys.stderr)
-        rows += extra
+        corpus_text = " ".join(" ".join(s) for s in sentences.values())
+        off_topic = off_topic_unanswerables(list(foreign), corpus_text, off_topic_per_dataset)
+        print(
+            f"{dataset.name}: {len(rows)} questions, {len(extra)} synthetic unanswerables, "
+            f"{len(off_topic)} off-topic ones",
+            file=sys.stderr,
+        )
+        rows += extra + off_topic
     records = []
     started = time.perf_counter()
     for i, row in enumerate(rows):
@@ -181,7 +228,7 @@ def collect(dataset: Dataset, cache_dir: Path, synthetic: bool = True) -> list[d
             bool(gold) and c.hit.chunk.doc_id in docs and any(g in normalize_answer(c.text) for g in gold)
             for c in candidates
         ]
-        group = row["doc_ids"][0] if row["doc_ids"] else f"none-{row['id']}"
+        group = row["doc_ids"][0] if row["doc_ids"] else f"none-{row.get('source', row['id'])}"
         records.append(
             {
                 "id": row["id"],
@@ -422,6 +469,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cmrc", type=Path, help="also train on the CMRC 2018 trial set at this folder")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("judge.json"))
     parser.add_argument("--features-cache", type=Path, help="folder: reuse (or write) each dataset's features there")
+    parser.add_argument(
+        "--off-topic",
+        type=int,
+        default=0,
+        help="off-topic unanswerables per dataset from the other datasets' questions (measured, not shipped: "
+        "bench/RESULTS.md)",
+    )
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--l2", type=float, default=1.0, help="L2 penalty of the ranking models")
     parser.add_argument("--c", type=float, default=1.0, help="inverse L2 strength of the question-level model")
@@ -440,13 +494,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     cache_dir = Settings.from_env().cache_dir
+    precision = Settings.from_env().passage_precision
     records = []
-    for dataset in datasets(args.cmrc):
+    chosen = datasets(args.cmrc)
+    questions = {d.name: [row for path in d.qa_files for row in load_qa(path, skip_bad=True)] for d in chosen}
+    for dataset in chosen:
         cached = args.features_cache / f"{dataset.name}.json" if args.features_cache else None
         if cached is not None and cached.exists():
             records += json.loads(cached.read_text(encoding="utf-8"))
             continue
-        collected = collect(dataset, cache_dir)
+        foreign = [row for name, rows in questions.items() if name != dataset.name for row in rows]
+        collected = collect(dataset, cache_dir, foreign=foreign, off_topic_per_dataset=args.off_topic)
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)
             cached.write_text(json.dumps(collected), encoding="utf-8")
@@ -474,7 +532,11 @@ def main(argv: list[str] | None = None) -> int:
     stages = fit_all(records, args.folds, args.l2, args.c, args.use_top)
     params = {
         "format": 1,
-        "trained_by": "python -m rag.train_judge" + (f" --cmrc {args.cmrc}" if args.cmrc else ""),
+        # The features depend on how passages were embedded: a refit under another precision differs.
+        "trained_by": (f"RAG_PASSAGE_PRECISION={precision} " if precision != Settings.passage_precision else "")
+        + "python -m rag.train_judge"
+        + (f" --cmrc {args.cmrc}" if args.cmrc else "")
+        + (f" --off-topic {args.off_topic}" if args.off_topic else ""),
         "training": {d: sum(r["dataset"] == d for r in records) for d in sorted({r["dataset"] for r in records})},
         "cross_validated": report,
         "abstain_threshold": abstain,
