@@ -8,7 +8,9 @@ passages in float32 as sentence-transformers runs them; rag's build runs them in
 default `--passage-precision`), plus
 `BM25Retriever` over jieba-segmented text, fused by `QueryFusionRetriever` (reciprocal rerank), top 5;
 once with LlamaIndex's default chunks (SentenceSplitter, 1,024 tokens) and once with 256-token chunks.
-rag runs as shipped, and with `--chunk-vectors pooled` (no model pass over the chunks).
+rag runs as shipped, with `--passage-precision int8`, and with that and `--chunk-vectors pooled`
+(no model pass over the chunks). Each rag run starts with the judge's per-sentence caches empty,
+so no configuration inherits the sentences another one analysed.
 
 Measured, for each system:
 - build: seconds from the documents to a ready retriever; rag's index is written to disk, the
@@ -41,6 +43,7 @@ from rag.config import Settings  # noqa: E402
 from rag.documents import load_corpus, normalize  # noqa: E402
 from rag.embeddings import load_embedder  # noqa: E402
 from rag.evaluate import language_direction, load_qa, normalize_answer  # noqa: E402
+from rag.judge import clear_caches as clear_judge_caches  # noqa: E402
 
 EVALS = {
     "bundled": (ROOT / "corpus", [ROOT / "eval" / "qa.jsonl"]),
@@ -48,8 +51,12 @@ EVALS = {
 }
 TOP_K = 5
 PEER_CONFIGS = {"LlamaIndex hybrid, same embedder": 1024, "LlamaIndex hybrid, 256-token chunks": 256}
-# rag as shipped, and with --chunk-vectors pooled (chunk vectors from the sentence vectors).
-RAG_CONFIGS = {"rag": "embedded", "rag, pooled chunk vectors": "pooled"}
+# rag as shipped, with int8 passages, and with those and pooled chunk vectors: the settings each changes.
+RAG_CONFIGS = {
+    "rag": {},
+    "rag, int8 passages": {"passage_precision": "int8"},
+    "rag, int8 + pooled chunk vectors": {"passage_precision": "int8", "chunk_vectors": "pooled"},
+}
 
 
 def wait_for_quiet(max_load: float, max_wait_s: float) -> float:
@@ -147,7 +154,10 @@ def run_peer(name, chunk_tokens, documents, embedder, rows) -> dict:
 
 def run_rag(settings: Settings, embedder, rows) -> dict:
     shutil.rmtree(settings.index_dir, ignore_errors=True)
+    clear_judge_caches()
     assistant = Assistant(settings, embedder)
+    if assistant.judge is not None:
+        assistant.judge.clear_cache()
     started = time.perf_counter()
     assistant.refresh(rebuild=True)
     build_s = time.perf_counter() - started
@@ -185,18 +195,24 @@ def bench_eval(name: str, rounds: int, quiet_load: float, quiet_wait: float, cac
     documents, _ = load_corpus(corpus)
     work = Path(tempfile.mkdtemp(prefix=f"peer-{name}-"))
     settings = Settings.from_env(corpus_dir=corpus, index_dir=work / "index", cache_dir=cache_dir)
-    embedder = Assistant(settings).embedder
-    peer_embedder = load_embedder(settings.embed_model, cache_dir, "fp32")
-    for model in (embedder, peer_embedder):  # the passage model loads on first use: in no system's build time
+    embedders = {p: load_embedder(settings.embed_model, cache_dir, p) for p in ("fp32", "int8")}
+    peer_embedder = embedders["fp32"]
+    for model in embedders.values():  # the passage model loads on first use: in no system's build time
         model.embed_passages(["warm-up"])
     runs: dict[str, list[dict]] = {label: [] for label in [*PEER_CONFIGS, *RAG_CONFIGS]}
     loads = []
+    # Alternating: a peer configuration, then a rag one, until both lists are done.
+    order = [("peer", label) for label in PEER_CONFIGS]
+    order = [step for pair in zip(order, [("rag", label) for label in RAG_CONFIGS]) for step in pair]
+    order += [("rag", label) for label in list(RAG_CONFIGS)[len(PEER_CONFIGS) :]]
     for _ in range(rounds):
-        for (label, chunk_tokens), (rag_label, chunk_vectors) in zip(PEER_CONFIGS.items(), RAG_CONFIGS.items()):
+        for system, label in order:
             loads.append(wait_for_quiet(quiet_load, quiet_wait))
-            runs[label].append(run_peer(label, chunk_tokens, documents, peer_embedder, rows))
-            loads.append(wait_for_quiet(quiet_load, quiet_wait))
-            runs[rag_label].append(run_rag(settings.with_(chunk_vectors=chunk_vectors), embedder, rows))
+            if system == "peer":
+                runs[label].append(run_peer(label, PEER_CONFIGS[label], documents, peer_embedder, rows))
+            else:
+                changed = settings.with_(**RAG_CONFIGS[label])
+                runs[label].append(run_rag(changed, embedders[changed.passage_precision], rows))
     shutil.rmtree(work, ignore_errors=True)
     table = {}
     for label, results in runs.items():

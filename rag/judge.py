@@ -417,6 +417,14 @@ def load_answer_judge() -> AnswerJudge:
     return AnswerJudge.load()
 
 
+def clear_caches() -> None:
+    """Forget every sentence's analysis and every document's words (benchmarks that compare
+    configurations start each from the same state)."""
+    _sentence.cache_clear()
+    sentence_terms.cache_clear()
+    _DOCUMENT_TERMS.clear()
+
+
 def candidate_features(index: Index, retrieval, words: QueryWords | None = None) -> list[Candidate]:
     """Every sentence of `retrieval.hits` (a sentence shared by two overlapping passages once,
     with the better-ranked one) with its first-stage features; no probabilities yet."""
