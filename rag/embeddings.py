@@ -58,8 +58,8 @@ PASSAGE_PRECISIONS = ("fp32", "int8")
 class SentenceTransformerEmbedder:
     """An Embedder backed by sentence-transformers; vectors are L2-normalised float32.
 
-    `precision` "int8" runs the model's linear layers with int8 weights (`passage_precision`
-    says what was actually used: "fp32" when this torch cannot quantise).
+    `precision` "int8" runs most of the model's linear layers with int8 weights (see `_quantized`;
+    `passage_precision` says what was actually used: "fp32" when this torch cannot quantise).
     """
 
     def __init__(self, name: str, cache_dir: Path, batch_size: int = 16, precision: str = "fp32") -> None:
@@ -78,8 +78,9 @@ class SentenceTransformerEmbedder:
 
         sentence-transformers orders a call's texts by characters, which puts a 100-token English
         chunk and a 300-token Chinese one of the same length in one batch; ordered by tokens, in
-        batches of 16 (bigger ones run slower on a CPU), the model did the XQuAD chunks 2.2x and
-        its sentences 1.5x as fast (bench/RESULTS.md, "int8 passages").
+        batches of 16 (bigger ones ran slower on this CPU), the model did XQuAD chunk-sized texts
+        2.0x and sentences 1.6x as fast (bench/passage_model.py; bench/RESULTS.md, "Build:
+        batches by length in tokens").
         """
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         order = np.argsort(self.count_tokens(texts), kind="stable")
@@ -134,9 +135,9 @@ def _quantized(model):
     quantised per batch as they come), or the model itself and "fp32" when torch cannot.
 
     A layer that narrows (the feed-forward's way back to the model's width) stays in float32: its
-    inputs have outliers that int8 flattens. Measured on the XQuAD sentences (bench/RESULTS.md,
-    "int8 passages"): all layers in int8 run 3.6x as fast at cosine 0.988 and cost both evals
-    answers; without the narrowing layers 1.9x, cosine 0.996, the same answers within two questions.
+    inputs have outliers that int8 flattens. Measured on XQuAD text (bench/RESULTS.md, "Build:
+    batches by length in tokens, and int8 passages"): all layers in int8 run 3.6x as fast at cosine
+    0.988 and cost both evals answers; without the narrowing layers 1.9x, cosine 0.996.
     """
     import warnings
 
