@@ -1301,9 +1301,9 @@ def _carry_vectors(
     for i in range(0, len(kept), 4096):
         put(kept[i : i + 4096], old_store.get(kept[i : i + 4096]))
     todo = np.flatnonzero(~reuse)
-    # By length, as sentence-transformers orders the texts of one call: a batch then pads to
-    # texts of about its own length. In document order, batches of 64 made the build 42% slower
-    # than encoding the same texts in one call (bench/RESULTS.md).
+    # By length, so each call to the embedder holds texts of about one length (it then orders a
+    # call's texts by tokens): a batch pads to texts like its own. In document order, batches of
+    # 64 made the build 42% slower than encoding the same texts in one call (bench/RESULTS.md).
     if by_length:
         todo = todo[np.argsort([len(text_of(int(r))) for r in todo], kind="stable")]
     for rows, vectors in _embed_in_batches(embed, todo, text_of, label):
