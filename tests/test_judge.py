@@ -242,3 +242,31 @@ def test_a_quote_from_a_passage_not_shown_is_never_used(index, embedder, setting
     answer = extractive_answer(index, shown, judged, question, 1.0, 0.0, 0.5)
     assert "585" not in answer.answer
     assert {c.chunk_id for c in answer.citations} <= {h.chunk.chunk_id for h in shown.hits}
+
+
+def test_off_topic_unanswerables_keep_only_questions_this_corpus_cannot_answer():
+    """`train_judge --off-topic`: other datasets' questions become unanswerables here, unless
+    one of their answers occurs in this corpus; the sample is stable and bounded."""
+    from rag.train_judge import off_topic_unanswerables
+
+    foreign = [
+        {
+            "id": "a",
+            "question": "Who won Super Bowl 50?",
+            "answers": ["Denver Broncos"],
+            "doc_ids": ["w0"],
+            "tags": ["q-en", "xquad"],
+        },
+        {"id": "b", "question": "How many were shown?", "answers": ["585"], "doc_ids": ["d1"], "tags": ["q-en"]},
+        {"id": "c", "question": "谁设计了这座桥?", "answers": ["林同棪"], "doc_ids": ["w9"], "tags": ["q-zh", "xquad"]},
+        {"id": "d", "question": "An unanswerable one", "answers": [], "doc_ids": [], "tags": ["q-en"]},
+    ]
+    corpus = "The forum showed 585 scientific achievements in Hefei."
+    kept = off_topic_unanswerables(foreign, corpus, per_dataset=10)
+    assert sorted(row["id"] for row in kept) == ["a-offtopic", "c-offtopic"]  # 585 is in the corpus; d has no answer
+    for row in kept:
+        assert row["answers"] == [] and row["doc_ids"] == []
+        assert {"synthetic", "unanswerable", "off-topic"} <= set(row["tags"]) and "xquad" not in row["tags"]
+    assert {row["source"] for row in kept} == {"w0", "w9"}  # folds follow the article the question came from
+    assert off_topic_unanswerables(foreign, corpus, per_dataset=1) == off_topic_unanswerables(foreign, corpus, 1)
+    assert len(off_topic_unanswerables(foreign, corpus, per_dataset=1)) == 1
