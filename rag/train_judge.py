@@ -9,8 +9,8 @@ hand-written near-topic unanswerables) and, with --cmrc, the CMRC 2018 trial set
 unanswerables (an answerable question with its entity swapped for another entity of the same
 article, kept only when no sentence of the corpus holds the new entity with the rest of the
 question) and, with --off-topic N, off-topic ones (the other datasets' questions, asked of this
-corpus, kept only when none of their answers occurs in it). A sentence is positive when it holds a gold answer
-and comes from a gold document.
+corpus, kept only when none of their answers occurs in it). A sentence is positive when it holds
+a gold answer and comes from a gold document.
 
 Folds are by article (a question, its other-language twin and its synthetic variants share their
 article's fold), never by question. The thresholds are chosen on the out-of-fold probabilities of
@@ -147,19 +147,24 @@ def synthetic_unanswerables(rows: list[dict], sentences_by_doc: dict[str, list[s
 # --------------------------------------------------------------------------- collecting features
 
 
-def off_topic_unanswerables(foreign: list[dict], corpus_text: str, per_dataset: int) -> list[dict]:
-    """Answerable questions of other datasets, asked of this corpus: what it should refuse outright.
+def off_topic_unanswerables(
+    foreign: Sequence[dict], sentences_by_doc: dict[str, list[str]], per_dataset: int
+) -> list[dict]:
+    """Up to `per_dataset` answerable questions of other datasets, asked of this corpus: what it
+    should refuse outright.
 
     Kept only when none of their gold answers occurs in this corpus. Without them the judge learns
     abstention from near-topic questions alone and let an off-topic one through ("How many
     minutes should I boil an egg?" over news of the Yangtze delta, P(answerable) 0.36-0.42).
     """
-    text = normalize_answer(corpus_text)
-    kept = [
-        row
-        for row in foreign
-        if row["answers"] and not any(normalize_answer(a) and normalize_answer(a) in text for a in row["answers"])
-    ]
+    if per_dataset <= 0:
+        return []
+    text = normalize_answer(" ".join(" ".join(sentences) for sentences in sentences_by_doc.values()))
+
+    def answered_here(row: dict) -> bool:
+        return any(gold and gold in text for gold in map(normalize_answer, row["answers"]))
+
+    kept = [row for row in foreign if row["answers"] and not answered_here(row)]
     kept.sort(key=lambda row: zlib.crc32(row["id"].encode()))  # a stable sample, unlike hash()
     return [
         {
@@ -179,11 +184,13 @@ def off_topic_unanswerables(foreign: list[dict], corpus_text: str, per_dataset: 
 def collect(
     dataset: Dataset,
     cache_dir: Path,
+    questions: Sequence[dict],
     synthetic: bool = True,
     foreign: Sequence[dict] = (),
     off_topic_per_dataset: int = 0,
 ) -> list[dict]:
-    """One record per question: its candidates' features and labels.
+    """One record per question (`questions`: the dataset's, as load_qa reads them): its
+    candidates' features and labels.
 
     `foreign`: other datasets' questions, up to `off_topic_per_dataset` of which are asked of
     this corpus as off-topic unanswerables.
@@ -198,7 +205,7 @@ def collect(
     refresh_index(settings, embedder)
     index = load_index(settings.index_dir, embedder)
     use = load_judge()
-    rows = [row for path in dataset.qa_files for row in load_qa(path, skip_bad=True)]
+    rows = list(questions)
     if synthetic:
         sentences: dict[str, list[str]] = defaultdict(list)
         for chunk in index.chunks:
@@ -206,8 +213,7 @@ def collect(
                 chunk.text[s.start - chunk.start : s.end - chunk.start] for s in chunk.sentences
             ]
         extra = synthetic_unanswerables(rows, sentences)
-        corpus_text = " ".join(" ".join(s) for s in sentences.values())
-        off_topic = off_topic_unanswerables(list(foreign), corpus_text, off_topic_per_dataset)
+        off_topic = off_topic_unanswerables(foreign, sentences, off_topic_per_dataset)
         print(
             f"{dataset.name}: {len(rows)} questions, {len(extra)} synthetic unanswerables, "
             f"{len(off_topic)} off-topic ones",
@@ -493,8 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    cache_dir = Settings.from_env().cache_dir
-    precision = Settings.from_env().passage_precision
+    settings = Settings.from_env()
     records = []
     chosen = datasets(args.cmrc)
     questions = {d.name: [row for path in d.qa_files for row in load_qa(path, skip_bad=True)] for d in chosen}
@@ -504,7 +509,9 @@ def main(argv: list[str] | None = None) -> int:
             records += json.loads(cached.read_text(encoding="utf-8"))
             continue
         foreign = [row for name, rows in questions.items() if name != dataset.name for row in rows]
-        collected = collect(dataset, cache_dir, foreign=foreign, off_topic_per_dataset=args.off_topic)
+        collected = collect(
+            dataset, settings.cache_dir, questions[dataset.name], foreign=foreign, off_topic_per_dataset=args.off_topic
+        )
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)
             cached.write_text(json.dumps(collected), encoding="utf-8")
@@ -533,7 +540,11 @@ def main(argv: list[str] | None = None) -> int:
     params = {
         "format": 1,
         # The features depend on how passages were embedded: a refit under another precision differs.
-        "trained_by": (f"RAG_PASSAGE_PRECISION={precision} " if precision != Settings.passage_precision else "")
+        "trained_by": (
+            f"RAG_PASSAGE_PRECISION={settings.passage_precision} "
+            if settings.passage_precision != Settings.passage_precision
+            else ""
+        )
         + "python -m rag.train_judge"
         + (f" --cmrc {args.cmrc}" if args.cmrc else "")
         + (f" --off-topic {args.off_topic}" if args.off_topic else ""),

@@ -261,7 +261,7 @@ def test_off_topic_unanswerables_keep_only_questions_this_corpus_cannot_answer()
         {"id": "c", "question": "谁设计了这座桥?", "answers": ["林同棪"], "doc_ids": ["w9"], "tags": ["q-zh", "xquad"]},
         {"id": "d", "question": "An unanswerable one", "answers": [], "doc_ids": [], "tags": ["q-en"]},
     ]
-    corpus = "The forum showed 585 scientific achievements in Hefei."
+    corpus = {"d1": ["The forum showed 585 scientific achievements in Hefei."]}
     kept = off_topic_unanswerables(foreign, corpus, per_dataset=10)
     assert sorted(row["id"] for row in kept) == ["a-offtopic", "c-offtopic"]  # 585 is in the corpus; d has no answer
     for row in kept:
