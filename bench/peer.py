@@ -4,8 +4,7 @@ Run: pip install -e ".[bench]" && python bench/peer.py [--eval bundled|xquad|bot
 
 The peer is configured as a capable user would: the same multilingual-e5-small model with its
 `query: `/`passage: ` prompts (rag's own embedder, wrapped as a LlamaIndex embedding, with its
-passages in float32 as sentence-transformers runs them; rag's build runs them in int8, its
-default `--passage-precision`), plus
+passages in float32, rag's default `--passage-precision`), plus
 `BM25Retriever` over jieba-segmented text, fused by `QueryFusionRetriever` (reciprocal rerank), top 5;
 once with LlamaIndex's default chunks (SentenceSplitter, 1,024 tokens) and once with 256-token chunks.
 rag runs as shipped, with `--passage-precision int8`, and with that and `--chunk-vectors pooled`
