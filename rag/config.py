@@ -16,6 +16,8 @@ from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+PASSAGE_PRECISIONS = ("fp32", "int8")  # how the passage model runs (rag.embeddings)
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROJECT_ROOT = PACKAGE_DIR.parent
 # A checkout (or an editable install of one) has the repository around the package; a wheel has
@@ -167,7 +169,7 @@ class Settings:
         env="RAG_PASSAGE_PRECISION",
         help="fp32: passages embedded in full precision; int8: the passage model's widening layers run with "
         "int8 weights (the model's part of a build 1.9x as fast; changing it rebuilds the index)",
-        choices=("fp32", "int8"),
+        choices=PASSAGE_PRECISIONS,
     )
     # Where vectors live: the embedded FAISS files (default), or a Milvus server for an index that
     # outgrows one machine (rag.milvus; its token comes from RAG_MILVUS_TOKEN, never a flag).

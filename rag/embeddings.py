@@ -28,7 +28,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from rag.bundled_model import BUNDLED_MODEL_NAME, QUERY_PROMPT, bundled_model_dir
-from rag.config import Settings
+from rag.config import PASSAGE_PRECISIONS, Settings
 from rag.query_encoder import BertQueryEncoder
 
 _BUNDLED_ALIASES = {BUNDLED_MODEL_NAME, f"intfloat/{BUNDLED_MODEL_NAME}"}
@@ -50,9 +50,6 @@ class Embedder(Protocol):
 
 class EmbeddingModelError(RuntimeError):
     """The named embedding model could not be loaded."""
-
-
-PASSAGE_PRECISIONS = ("fp32", "int8")
 
 
 class SentenceTransformerEmbedder:
