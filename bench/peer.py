@@ -14,8 +14,12 @@ so no configuration inherits the sentences another one analysed.
 Measured, for each system:
 - build: seconds from the documents to a ready retriever; rag's index is written to disk, the
   peer's is in memory (best of the rounds);
-- warm retrieve p50/p95 (ms): the 5 passages shown for a question, after a warm-up pass; rag's
-  includes its answer judge, which orders the passages. rag's whole answer is timed too;
+- retrieve p50/p95 (ms): the 5 passages shown for a question; rag's includes its answer judge,
+  which orders the passages. Two passes over the questions after a short warm-up: the first pass
+  (each question's sentences met for the first time, unless an earlier question met them) and the
+  warm pass (the issue's "warm": the judge's per-sentence caches hold what the first pass read,
+  as in a server that has answered for a while; each question's own USE vector is forgotten
+  first, so the question itself is new). rag's whole answer is timed in the first pass;
 - evidence hit@1 and hit@5: a passage among the first 1 (5) holds a gold answer string (the rule
   of rag.evaluate), overall and by language direction.
 
@@ -142,13 +146,17 @@ def run_peer(name, chunk_tokens, documents, embedder, rows) -> dict:
     build_s = time.perf_counter() - started
     for row in rows[:20]:  # warm-up
         retriever.retrieve(row["question"])
-    ranks, times = [], []
+    ranks, first, warm = [], [], []
     for row in rows:
         t0 = time.perf_counter()
         hits = retriever.retrieve(row["question"])
-        times.append((time.perf_counter() - t0) * 1000)
+        first.append((time.perf_counter() - t0) * 1000)
         ranks.append(evidence_rank([h.node.get_content() for h in hits], row["answers"]))
-    return {"build_s": build_s, "ranks": ranks, "retrieve_ms": times}
+    for row in rows:
+        t0 = time.perf_counter()
+        retriever.retrieve(row["question"])
+        warm.append((time.perf_counter() - t0) * 1000)
+    return {"build_s": build_s, "ranks": ranks, "retrieve_ms": warm, "first_pass_ms": first}
 
 
 def run_rag(settings: Settings, embedder, rows) -> dict:
@@ -162,18 +170,32 @@ def run_rag(settings: Settings, embedder, rows) -> dict:
     build_s = time.perf_counter() - started
     for row in rows[:20]:
         assistant.ask(row["question"])
-    ranks, times, answer_ms, correct = [], [], [], []
+    ranks, first, warm, answer_ms, correct, queries = [], [], [], [], [], []
     for row in rows:
         t0 = time.perf_counter()
         retrieval = assistant.retrieve(row["question"])
-        times.append((time.perf_counter() - t0) * 1000)
+        first.append((time.perf_counter() - t0) * 1000)
+        queries.append(retrieval.query)
         ranks.append(evidence_rank([h.chunk.text for h in retrieval.hits], row["answers"]))
         t0 = time.perf_counter()
         answer = assistant.ask(row["question"])
         answer_ms.append((time.perf_counter() - t0) * 1000)
         text = normalize_answer(answer.answer)
         correct.append(not answer.abstained and any(normalize_answer(g) in text for g in row["answers"]))
-    return {"build_s": build_s, "ranks": ranks, "retrieve_ms": times, "answer_ms": answer_ms, "correct": correct}
+    for row, query in zip(rows, queries):
+        if assistant.judge is not None:
+            assistant.judge.forget([row["question"], query])
+        t0 = time.perf_counter()
+        assistant.retrieve(row["question"])
+        warm.append((time.perf_counter() - t0) * 1000)
+    return {
+        "build_s": build_s,
+        "ranks": ranks,
+        "retrieve_ms": warm,
+        "first_pass_ms": first,
+        "answer_ms": answer_ms,
+        "correct": correct,
+    }
 
 
 def hit_rates(ranks: list[int | None], rows: list[dict]) -> dict:
@@ -216,10 +238,13 @@ def bench_eval(name: str, rounds: int, quiet_load: float, quiet_wait: float, cac
     table = {}
     for label, results in runs.items():
         retrieve = [t for r in results for t in r["retrieve_ms"]]
+        first = [t for r in results for t in r["first_pass_ms"]]
         entry = {
             **hit_rates(results[0]["ranks"], rows),
             "retrieve_p50_ms": round(percentile(retrieve, 0.5), 1),
             "retrieve_p95_ms": round(percentile(retrieve, 0.95), 1),
+            "first_pass_p50_ms": round(percentile(first, 0.5), 1),
+            "first_pass_p95_ms": round(percentile(first, 0.95), 1),
             "build_s": round(min(r["build_s"] for r in results), 2),
         }
         if "answer_ms" in results[0]:
@@ -247,8 +272,9 @@ def main() -> int:
             rows.append(
                 (
                     label,
-                    f"hit@1 {f['hit@1']:.2f}  hit@5 {f['hit@5']:.2f}  retrieve p50 {f['retrieve_p50_ms']} ms  "
-                    f"p95 {f['retrieve_p95_ms']} ms  build {f['build_s']} s",
+                    f"hit@1 {f['hit@1']:.2f}  hit@5 {f['hit@5']:.2f}  warm retrieve p50 {f['retrieve_p50_ms']} ms  "
+                    f"p95 {f['retrieve_p95_ms']} ms  first pass p50 {f['first_pass_p50_ms']} ms  "
+                    f"p95 {f['first_pass_p95_ms']} ms  build {f['build_s']} s",
                 )
             )
         peer = figures["LlamaIndex hybrid, same embedder"]
@@ -257,8 +283,10 @@ def main() -> int:
             rows.append(
                 (
                     f"{label} / peer",
-                    f"p50 {rag['retrieve_p50_ms'] / peer['retrieve_p50_ms']:.2f}x  "
+                    f"warm p50 {rag['retrieve_p50_ms'] / peer['retrieve_p50_ms']:.2f}x  "
                     f"p95 {rag['retrieve_p95_ms'] / peer['retrieve_p95_ms']:.2f}x  "
+                    f"first pass p50 {rag['first_pass_p50_ms'] / peer['first_pass_p50_ms']:.2f}x  "
+                    f"p95 {rag['first_pass_p95_ms'] / peer['first_pass_p95_ms']:.2f}x  "
                     f"build {rag['build_s'] / peer['build_s']:.2f}x  answer accuracy {rag['answer_accuracy']}",
                 )
             )

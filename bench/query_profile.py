@@ -2,7 +2,9 @@
 
 Run: python bench/query_profile.py [--eval bundled|xquad] [--rounds 2]
 Builds (or refreshes) the eval's index in a temporary folder, answers every question once to warm
-up, then times each stage over --rounds passes by wrapping the functions the assistant calls:
+up (the judge's per-sentence caches then hold what the questions read), then times each stage over
+--rounds passes, each question's own USE vector forgotten first so that the question itself is new,
+by wrapping the functions the assistant calls:
 - query embedding (`embed_queries`; it runs on a second thread while BM25 ranks the words, so it
   overlaps the lexical lists and the stages do not add up to the total);
 - the four ranked lists and fusion (`rag.retrieval.retrieve`, embedding included);
@@ -32,6 +34,7 @@ import rag.judge  # noqa: E402
 import rag.retrieval  # noqa: E402
 from rag.assistant import Assistant  # noqa: E402
 from rag.config import Settings  # noqa: E402
+from rag.documents import normalize  # noqa: E402
 from rag.evaluate import load_qa  # noqa: E402
 
 EVALS = {
@@ -75,8 +78,14 @@ def main() -> int:
     rag.judge.add_use_features = timed(stages, "judge: USE second reading", rag.judge.add_use_features)
     rag.assistant.judge = timed(stages, "judge: whole", rag.judge.judge)
     rag.assistant.extractive_answer = timed(stages, "answer composition", rag.answer.extractive_answer)
+
+    def forget_question(question: str) -> None:
+        if assistant.judge is not None:
+            assistant.judge.forget([question, normalize(question)])
+
     for _ in range(args.rounds):
         for question in questions:
+            forget_question(question)
             started = time.perf_counter()
             assistant.retrieve(question)
             stages["total: retrieve (passages shown)"].append((time.perf_counter() - started) * 1000)
@@ -84,6 +93,7 @@ def main() -> int:
     stages.clear()
     for _ in range(args.rounds):
         for question in questions:
+            forget_question(question)
             started = time.perf_counter()
             assistant.ask(question)
             stages["total: extractive answer"].append((time.perf_counter() - started) * 1000)

@@ -30,6 +30,11 @@ class SentenceJudge(Protocol):
         """Cosine similarity of the question with each sentence, in [-1, 1]."""
         ...
 
+    def read(self, texts: Sequence[str]) -> None:
+        """Encode `texts` ahead of `similarities`, which then finds them done (the assistant reads
+        the question while it is being embedded)."""
+        ...
+
 
 class UniversalSentenceEncoder:
     """USE multilingual v3, loaded on first use; vectors of recent texts are kept (LRU).
@@ -74,10 +79,19 @@ class UniversalSentenceEncoder:
                 self._cache.popitem(last=False)
             return out
 
+    def read(self, texts: Sequence[str]) -> None:
+        self.vectors(texts)
+
     def clear_cache(self) -> None:
         """Forget every vector (bench/latency.py --cold-judge measures the judge on unseen text)."""
         with self._lock:
             self._cache.clear()
+
+    def forget(self, texts: Sequence[str]) -> None:
+        """Forget these texts' vectors (bench/peer.py times a question asked again as a new one)."""
+        with self._lock:
+            for text in texts:
+                self._cache.pop(text, None)
 
     def similarities(self, question: str, sentences: Sequence[str]) -> np.ndarray:
         vectors = self.vectors([question, *sentences])
