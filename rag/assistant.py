@@ -20,7 +20,7 @@ from dataclasses import replace
 
 from rag.answer import Answer, extractive_answer, question_parts
 from rag.config import Settings
-from rag.documents import iter_document_paths
+from rag.documents import iter_document_paths, normalize
 from rag.embeddings import Embedder, load_embedder
 from rag.indexing import Index, IndexError_, IndexMissingError, RefreshReport, load_index, read_manifest, refresh_index
 from rag.judge import Candidate, answerable, judge, load_answer_judge, rerank
@@ -171,7 +171,19 @@ class Assistant:
         """Candidate passages for `query`, reordered by their best sentence, `depth` deep; and the
         judged sentences, best first."""
         s = self.settings
-        retrieval = retrieve(index, self.embedder, query, s.candidate_passages, s.candidates, s.rrf_k, depth=depth)
+        # The USE judge reads the question (`retrieval.query`, normalized) while it is embedded, on
+        # the other core; its vector then waits in the USE cache.
+        read_question = (lambda: self.judge.read([normalize(query)])) if self.judge is not None else None
+        retrieval = retrieve(
+            index,
+            self.embedder,
+            query,
+            s.candidate_passages,
+            s.candidates,
+            s.rrf_k,
+            depth=depth,
+            meanwhile=read_question,
+        )
         judged = judge(index, retrieval, self.answer_judge, self.judge, s.rerank_sentences)
         return rerank(retrieval, judged), judged
 

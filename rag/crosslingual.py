@@ -485,9 +485,15 @@ class QueryWords:
     whole: dict[str, frozenset[str]] = field(default_factory=dict)
     # The stem of each English word, which `found` asks for on every sentence judged.
     stems: dict[str, str] = field(init=False)
+    # What `positions` and `share` ask for on every sentence judged, worked out once.
+    _known: dict[str, tuple[frozenset[str], str | None]] = field(init=False, repr=False)
+    _total: float = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stems", {w: stem(w) for w in self.forms if w.isascii() and w.isalpha()})
+        known = {w: (self.forms[w] | self.parts[w], stem(w) if w.isascii() else None) for w in self.forms}
+        object.__setattr__(self, "_known", known)
+        object.__setattr__(self, "_total", sum(self.weights.values()))
 
     @classmethod
     def of(
@@ -533,17 +539,15 @@ class QueryWords:
     def positions(self, text: str) -> dict[str, list[int]]:
         """Where in `text` (NFKC-normalised) each word occurs in some form: {word: [offsets]}."""
         out: dict[str, list[int]] = {}
-        known = {word: self.forms[word] | self.parts[word] for word in self.forms}
         for forms, at in _pieces(text):
-            for word, word_forms in known.items():
-                if not word_forms.isdisjoint(forms) or (word.isascii() and stem(word) in forms):
+            for word, (word_forms, word_stem) in self._known.items():
+                if not word_forms.isdisjoint(forms) or (word_stem is not None and word_stem in forms):
                     out.setdefault(word, []).append(at)
         return out
 
     def coverage(self, terms: Collection[str], stems: Collection[str] | None = None) -> float:
         """The IDF-weighted share of the words that `terms` (a text's search terms) hold."""
-        total = sum(self.weights.values())
-        if not total:
+        if not self._total:
             return 1.0
         if stems is None:
             stems = {stem(t) for t in terms if t.isascii() and t.isalpha()}
@@ -551,7 +555,7 @@ class QueryWords:
 
     def share(self, found: Collection[str]) -> float:
         """The IDF-weighted share of the words that `found` (a result of `found`) holds."""
-        total = sum(self.weights.values())
+        total = self._total
         return sum(self.weights[w] for w in found if w in self.weights) / total if total else 1.0
 
     def unknown_share(self, bm25: BM25) -> float:

@@ -465,6 +465,8 @@ def candidate_features(index: Index, retrieval, words: QueryWords | None = None)
     unique = list(dict.fromkeys(keys.values()))
     cosine_of = dict(zip(unique, index.sentence_vectors.get(np.array(unique, dtype=np.int64)) @ retrieval.query_vector))
     found_of: dict[str, set[str]] = {}
+    in_document_of: dict[str, set[str]] = {}  # the question's words each document holds anywhere
+    translated_weights = [(t, w) for t, w in weights.items() if t not in own_terms]
 
     def found_in(text: str) -> set[str]:
         if text not in found_of:
@@ -494,8 +496,9 @@ def candidate_features(index: Index, retrieval, words: QueryWords | None = None)
         for other in neighbours:
             if other:
                 around |= found_in(other)
-        doc_terms, doc_stems = document_terms_of(index, doc_id)
-        in_document = words.found(doc_terms, doc_stems) | around
+        if doc_id not in in_document_of:
+            in_document_of[doc_id] = words.found(*document_terms_of(index, doc_id))
+        in_document = in_document_of[doc_id] | around
         missing = [words.weights[w] for w in words.weights if w not in around]
         features = {
             "e5_cosine": float(cosine),
@@ -506,8 +509,7 @@ def candidate_features(index: Index, retrieval, words: QueryWords | None = None)
             "coverage_with_neighbours": words.share(around),
             "whole_coverage": words.share(whole),
             "coverage_in_document": words.share(in_document),
-            "translated_share": sum(w for t, w in weights.items() if t in view.terms and t not in own_terms)
-            / total_weight,
+            "translated_share": sum(w for t, w in translated_weights if t in view.terms) / total_weight,
             "missing_word": max(missing, default=0.0) / total_idf,
             "other_language": float(view.chinese != chinese_query),
             "passage_rank": 1.0 / (1.0 + rank),

@@ -13,6 +13,7 @@ are the candidates; rag.judge then reads their sentences and reorders them by th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -80,12 +81,14 @@ def retrieve(
     rrf_k: int = 60,
     weights: FusionWeights = FusionWeights(),
     depth: int = 0,
+    meanwhile: Callable[[], object] | None = None,
 ) -> Retrieval:
     """The `passages` best fused passages, plus the translated list's first wherever fusion put it,
     then (for evaluation) further fused passages up to `depth` in all.
 
     The first ones are candidates (`Retrieval.judged` of them): rag.judge reads their sentences
-    and reorders them before any is shown.
+    and reorders them before any is shown. `meanwhile` is called on this thread once the word
+    lists are ranked, while the question is still being embedded on the other one.
     """
     query = normalize(question)
     embedding = _ENCODER.submit(embedder.embed_queries, [query])
@@ -105,6 +108,8 @@ def retrieve(
     other_language = index.chinese_rows[translated_rows] != is_chinese(query)
     translated_rows = translated_rows[other_language][:candidates]
 
+    if meanwhile is not None:
+        meanwhile()
     query_vector = embedding.result()[0]
     dense_best: dict[int, float] = {}
     scores, ids = index.chunk_vectors.search(query_vector, candidates)

@@ -2,17 +2,20 @@ import numpy as np
 import pytest
 
 from rag.assistant import Assistant
+from rag.documents import normalize
 
 
 class FakeJudge:
     def __init__(self):
         self.calls = []
+        self.read_ahead = []
 
     def similarities(self, question, sentences):
-        import numpy as np
-
         self.calls.append((question, list(sentences)))
         return np.array([0.9 if "telescope" in s else 0.1 for s in sentences])
+
+    def read(self, texts):
+        self.read_ahead.append(list(texts))
 
 
 def test_the_assistant_asks_the_sentence_encoder_unless_it_is_turned_off(settings, embedder, monkeypatch):
@@ -22,9 +25,31 @@ def test_the_assistant_asks_the_sentence_encoder_unless_it_is_turned_off(setting
     monkeypatch.setattr(rag.assistant, "load_judge", lambda: judge)
     on = Assistant(settings.with_(rerank_sentences=3), embedder)
     on.refresh()
-    on.ask("What did the club observe through the new telescope?")
+    question = "What did the club observe through the new telescope?"
+    on.ask(question)
     assert judge.calls and all(len(sentences) <= 3 for _, sentences in judge.calls)
+    # The question was read ahead, while it was embedded, as the text the judge then compares.
+    assert judge.read_ahead == [[normalize(question)]]
+    assert {q for q, _ in judge.calls} == {normalize(question)}
     assert Assistant(settings.with_(rerank_sentences=0), embedder).judge is None
+
+
+def test_the_encoder_forgets_only_the_texts_it_is_told_to():
+    from rag.rerank import UniversalSentenceEncoder
+
+    class Model:
+        encoded = []
+
+        def encode(self, texts):
+            self.encoded.extend(texts)
+            return np.ones((len(texts), 512), dtype=np.float32)
+
+    encoder = UniversalSentenceEncoder()
+    encoder._model = Model()
+    encoder.read(["a question?", "a sentence."])
+    encoder.forget(["a question?"])
+    encoder.similarities("a question?", ["a sentence."])
+    assert Model.encoded == ["a question?", "a sentence.", "a question?"]
 
 
 @pytest.mark.slow

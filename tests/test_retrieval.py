@@ -103,6 +103,14 @@ def test_hybrid_retrieval_puts_the_document_with_the_keyword_first(index, embedd
     assert [h.score for h in result.hits[:3]] == sorted((h.score for h in result.hits[:3]), reverse=True)
 
 
+def test_retrieval_does_the_callers_work_while_the_question_is_embedded(index, embedder):
+    question = "What did the club observe through the telescope?"
+    done = []
+    with_work = retrieve(index, embedder, question, passages=3, meanwhile=lambda: done.append(len(done)))
+    assert done == [0]
+    assert with_work.hits == retrieve(index, embedder, question, passages=3).hits
+
+
 def test_retrieval_deepens_past_the_candidates_for_evaluation(index, embedder):
     question = "How many major achievements did the forum show?"
     shallow = retrieve(index, embedder, question, passages=3)
