@@ -212,7 +212,7 @@ class BertQueryEncoder:
             attended = self._linear(context.transpose(1, 0, 2).reshape(n, self.dim), p + "attention.output.dense")
             x = self._layer_norm(x + attended, p + "attention.output.LayerNorm")
             hidden = self._linear(x, p + "intermediate.dense")
-            hidden = 0.5 * hidden * (1.0 + erf(hidden / np.float32(np.sqrt(2.0))))  # BERT's exact GELU
+            hidden = 0.5 * hidden * (1.0 + erf(hidden / np.float32(np.sqrt(2.0))))  # BERT's erf GELU, not tanh's
             x = self._layer_norm(x + self._linear(hidden, p + "output.dense"), p + "output.LayerNorm")
         pooled = x.mean(0)
         return (pooled / max(float(np.linalg.norm(pooled)), 1e-12)).astype(np.float32)
