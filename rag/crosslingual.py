@@ -485,15 +485,16 @@ class QueryWords:
     whole: dict[str, frozenset[str]] = field(default_factory=dict)
     # The stem of each English word, which `found` asks for on every sentence judged.
     stems: dict[str, str] = field(init=False)
-    # What `positions` and `share` ask for on every sentence judged, worked out once.
+    # The words' summed IDF, which every share of them is a fraction of.
+    total: float = field(init=False, repr=False)
+    # What `positions` asks for on every sentence judged, worked out once.
     _known: dict[str, tuple[frozenset[str], str | None]] = field(init=False, repr=False)
-    _total: float = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stems", {w: stem(w) for w in self.forms if w.isascii() and w.isalpha()})
         known = {w: (self.forms[w] | self.parts[w], stem(w) if w.isascii() else None) for w in self.forms}
         object.__setattr__(self, "_known", known)
-        object.__setattr__(self, "_total", sum(self.weights.values()))
+        object.__setattr__(self, "total", sum(self.weights.values()))
 
     @classmethod
     def of(
@@ -547,7 +548,7 @@ class QueryWords:
 
     def coverage(self, terms: Collection[str], stems: Collection[str] | None = None) -> float:
         """The IDF-weighted share of the words that `terms` (a text's search terms) hold."""
-        if not self._total:
+        if not self.total:
             return 1.0
         if stems is None:
             stems = {stem(t) for t in terms if t.isascii() and t.isalpha()}
@@ -555,7 +556,7 @@ class QueryWords:
 
     def share(self, found: Collection[str]) -> float:
         """The IDF-weighted share of the words that `found` (a result of `found`) holds."""
-        total = self._total
+        total = self.total
         return sum(self.weights[w] for w in found if w in self.weights) / total if total else 1.0
 
     def unknown_share(self, bm25: BM25) -> float:
@@ -565,7 +566,7 @@ class QueryWords:
         share; a question in the other language than its answer keeps a small one thanks to
         the translations.
         """
-        total = sum(self.weights.values())
+        total = self.total
         if not total:
             return 0.0
         vocabulary, stems = bm25.vocabulary, _stem_index(bm25.vocabulary)

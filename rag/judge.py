@@ -436,7 +436,7 @@ def candidate_features(index: Index, retrieval, words: QueryWords | None = None)
         weights.setdefault(term, weight * index.bm25.idf_of(term))
     total_weight = sum(weights.values()) or 1.0
     own_terms = set(retrieval.query_terms)
-    total_idf = sum(words.weights.values()) or 1.0
+    total_idf = words.total or 1.0
     unknown = words.unknown_share(index.bm25)
     chinese_query = is_chinese(query)
     best_lexical = max((h.lexical for h in retrieval.hits[: retrieval.judged]), default=0.0) or 1.0
