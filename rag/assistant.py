@@ -20,7 +20,7 @@ from dataclasses import replace
 
 from rag.answer import Answer, extractive_answer, question_parts
 from rag.config import Settings
-from rag.documents import iter_document_paths, normalize
+from rag.documents import iter_document_paths
 from rag.embeddings import Embedder, load_embedder
 from rag.indexing import Index, IndexError_, IndexMissingError, RefreshReport, load_index, read_manifest, refresh_index
 from rag.judge import Candidate, answerable, judge, load_answer_judge, rerank
@@ -173,7 +173,7 @@ class Assistant:
         s = self.settings
         # The USE judge reads the question (`retrieval.query`, normalized) while it is embedded, on
         # the other core; its vector then waits in the USE cache.
-        read_question = (lambda: self.judge.read([normalize(query)])) if self.judge is not None else None
+        read_question = (lambda normalized: self.judge.read([normalized])) if self.judge is not None else None
         retrieval = retrieve(
             index,
             self.embedder,

@@ -81,14 +81,15 @@ def retrieve(
     rrf_k: int = 60,
     weights: FusionWeights = FusionWeights(),
     depth: int = 0,
-    meanwhile: Callable[[], object] | None = None,
+    meanwhile: Callable[[str], object] | None = None,
 ) -> Retrieval:
     """The `passages` best fused passages, plus the translated list's first wherever fusion put it,
     then (for evaluation) further fused passages up to `depth` in all.
 
     The first ones are candidates (`Retrieval.judged` of them): rag.judge reads their sentences
-    and reorders them before any is shown. `meanwhile` is called on this thread once the word
-    lists are ranked, while the question is still being embedded on the other one.
+    and reorders them before any is shown. `meanwhile(query)` (the normalized question, as
+    `Retrieval.query` holds it) is called on this thread once the word lists are ranked, while the
+    question is still being embedded on the other one.
     """
     query = normalize(question)
     embedding = _ENCODER.submit(embedder.embed_queries, [query])
@@ -109,7 +110,7 @@ def retrieve(
     translated_rows = translated_rows[other_language][:candidates]
 
     if meanwhile is not None:
-        meanwhile()
+        meanwhile(query)
     query_vector = embedding.result()[0]
     dense_best: dict[int, float] = {}
     scores, ids = index.chunk_vectors.search(query_vector, candidates)

@@ -106,8 +106,8 @@ def test_hybrid_retrieval_puts_the_document_with_the_keyword_first(index, embedd
 def test_retrieval_does_the_callers_work_while_the_question_is_embedded(index, embedder):
     question = "What did the club observe through the telescope?"
     done = []
-    with_work = retrieve(index, embedder, question, passages=3, meanwhile=lambda: done.append(len(done)))
-    assert done == [0]
+    with_work = retrieve(index, embedder, question, passages=3, meanwhile=done.append)
+    assert done == [normalize(question)] == [with_work.query]
     assert with_work.hits == retrieve(index, embedder, question, passages=3).hits
 
 
