@@ -16,7 +16,7 @@ from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-PASSAGE_PRECISIONS = ("fp32", "int8")  # how the passage model runs (rag.embeddings)
+PASSAGE_PRECISIONS = ("auto", "fp32", "bf16", "int8")  # how the passage model runs (rag.embeddings)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROJECT_ROOT = PACKAGE_DIR.parent
@@ -160,15 +160,17 @@ class Settings:
         "(builds about twice as fast; changing it rebuilds the index)",
         choices=("embedded", "pooled"),
     )
-    # int8 weights run the passage model 1.9x as fast on a CPU with int8 instructions (most of a
-    # build's time), with the evals' answers within noise but not identical: one bundled
-    # abstention fewer, which the CI floors catch, so float32 stays the default (bench/RESULTS.md).
+    # bfloat16 matrix products run the passage model 2.6x as fast on a CPU that has them, with
+    # vectors at cosine 0.99999 to float32's; int8 weights 1.9x, at 0.996 and one bundled
+    # abstention fewer (bench/RESULTS.md, "Build: bfloat16 passages").
     passage_precision: str = option(
-        "fp32",
+        "auto",
         flag="--passage-precision",
         env="RAG_PASSAGE_PRECISION",
-        help="fp32: passages embedded in full precision; int8: the passage model's widening layers run with "
-        "int8 weights (the model's part of a build 1.9x as fast; changing it rebuilds the index)",
+        help="auto: bf16 where the CPU computes bfloat16 natively (AVX512-BF16 or AMX), else fp32; "
+        "fp32: passages embedded in full precision; bf16: the passage model's matrix products in "
+        "bfloat16 (float32 accumulation), vectors at cosine 0.99999 to fp32's; int8: its widening "
+        "layers with int8 weights (changing to or from int8 rebuilds the index)",
         choices=PASSAGE_PRECISIONS,
     )
     # Where vectors live: the embedded FAISS files (default), or a Milvus server for an index that

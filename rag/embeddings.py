@@ -10,9 +10,11 @@ embedded. Trade-off: models are cached per (name, cache dir) for the life of the
 the default model's forward pass exists twice (torch for passages, numpy for questions), kept
 equal by a test.
 
-With `passage_precision` "int8", passages are embedded with most of the model's linear layers in
-int8 (torch's dynamic quantisation): 1.9x as fast on a CPU with int8 instructions, for a build
-that is mostly this model's time. Questions stay in float32 (the numpy encoder).
+A build is mostly the passage model's time. With `passage_precision` "bf16" (what "auto" picks on
+a CPU with native bfloat16), its matrix products run in bfloat16 under torch's autocast: 2.6x as
+fast, vectors at cosine 0.99999 to float32's. With "int8", most linear layers run with int8
+weights (torch's dynamic quantisation): 1.9x, cosine 0.996. Questions stay in float32 (the numpy
+encoder).
 """
 
 from __future__ import annotations
@@ -55,8 +57,10 @@ class EmbeddingModelError(RuntimeError):
 class SentenceTransformerEmbedder:
     """An Embedder backed by sentence-transformers; vectors are L2-normalised float32.
 
-    `precision` "int8" runs most of the model's linear layers with int8 weights (see `_quantized`;
-    `passage_precision` says what was actually used: "fp32" when this torch cannot quantise).
+    `precision` "bf16" embeds passages under bfloat16 autocast, "int8" runs most of the model's
+    linear layers with int8 weights (see `_quantized`), "auto" is bf16 where the CPU has it
+    (`native_bf16`), else fp32. `passage_precision` says what is actually used ("fp32" when this
+    torch cannot quantise). Questions through this class stay float32.
     """
 
     def __init__(self, name: str, cache_dir: Path, batch_size: int = 16, precision: str = "fp32") -> None:
@@ -94,7 +98,16 @@ class SentenceTransformerEmbedder:
         return out
 
     def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
-        return self._encode(texts, self._passage_prompt)
+        if self.passage_precision != "bf16":
+            return self._encode(texts, self._passage_prompt)
+        import torch
+
+        # Autocast keeps layer norms, softmax and accumulation in float32; only the products'
+        # inputs are rounded to bfloat16. The pooled vector is normalised again in float32.
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            vectors = self._encode(texts, self._passage_prompt)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors / np.where(norms > 0, norms, 1.0)
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         return self._encode(texts, self._query_prompt)
@@ -121,10 +134,35 @@ def _load_sentence_transformer(name: str, cache_dir: str, precision: str = "fp32
     """The model and the precision it runs at (see `_quantized`)."""
     if precision not in PASSAGE_PRECISIONS:
         raise ValueError(f"passage precision must be one of {', '.join(PASSAGE_PRECISIONS)}, not {precision!r}")
+    if precision == "auto":
+        return _load_sentence_transformer(name, cache_dir, "bf16" if native_bf16() else "fp32")
+    if precision == "bf16":  # the float32 model, run under autocast: one copy serves both
+        return _load_sentence_transformer(name, cache_dir, "fp32")[0], "bf16"
     model = _load_fp32_sentence_transformer(name, cache_dir)
     if precision == "fp32":
         return model, "fp32"
     return _quantized(model)  # in place: a float32 copy would hold another ~470 MB
+
+
+@functools.lru_cache(maxsize=1)
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX), as torch sees it.
+
+    Elsewhere torch emulates bfloat16 and runs slower than float32, so "auto" stays float32.
+    The probes are torch's own (private, so a torch without them counts as no).
+    """
+    try:
+        import torch
+    except ImportError:
+        return False
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        check = getattr(torch.cpu, probe, None)
+        try:
+            if check is not None and check():
+                return True
+        except Exception:  # a probe that fails to run answers no
+            continue
+    return False
 
 
 def _quantized(model):

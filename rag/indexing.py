@@ -786,7 +786,9 @@ def _chunking(settings: Settings) -> dict:
     chunking = {"max_tokens": settings.chunk_tokens, "overlap": settings.chunk_overlap, "text": TEXT_VERSION}
     if settings.chunk_vectors != "embedded":  # absent in indexes made before the choice existed
         chunking["chunk_vectors"] = settings.chunk_vectors
-    if settings.passage_precision != "fp32":  # likewise: those were embedded in float32
+    # int8 vectors differ (cosine 0.996) and one index holds one kind; bfloat16's agree with float32's
+    # to cosine 0.99999, so "auto" may pick either on different machines without a rebuild.
+    if settings.passage_precision == "int8":
         chunking["passage_precision"] = settings.passage_precision
     return chunking
 

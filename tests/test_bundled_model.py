@@ -101,6 +101,31 @@ def test_int8_passages_agree_with_float32_and_the_narrowing_layers_stay_float32(
     assert ((ours @ reference.T).argmax(axis=1) == np.arange(len(SENTENCES))).all()
 
 
+def test_bf16_passages_agree_with_float32(model_cache_dir, torch_embedder):
+    """--passage-precision bf16 (what "auto" picks on a CPU with native bfloat16) moves no vector."""
+    bf16 = load_sentence_transformer_embedder(DEFAULT_EMBED_MODEL, model_cache_dir, "bf16")
+    assert bf16.passage_precision == "bf16"
+    texts = SENTENCES + ["长三角" * 80, "G60 " * 40]
+    ours, reference = bf16.embed_passages(texts), torch_embedder.embed_passages(texts)
+    assert ours.dtype == np.float32 and np.linalg.norm(ours, axis=1) == pytest.approx(1.0, abs=1e-6)
+    agreement = cosines(ours, reference)
+    assert agreement.min() >= 0.9999, dict(zip(texts, agreement.round(6)))
+    # Questions through this class stay float32: autocast covers passages only.
+    assert np.array_equal(bf16.embed_queries(SENTENCES), torch_embedder.embed_queries(SENTENCES))
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it(model_cache_dir, monkeypatch):
+    from rag import embeddings
+
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(embeddings, "native_bf16", lambda native=native: native)
+        embeddings._load_sentence_transformer.cache_clear()
+        model, precision = embeddings._load_sentence_transformer(DEFAULT_EMBED_MODEL, str(model_cache_dir), "auto")
+        assert precision == expected
+        assert model is embeddings._load_sentence_transformer(DEFAULT_EMBED_MODEL, str(model_cache_dir), "fp32")[0]
+    embeddings._load_sentence_transformer.cache_clear()
+
+
 def test_passages_batched_by_their_length_in_tokens_come_back_in_their_order(torch_embedder):
     """Batches are formed by token count (not the caller's order); each vector lands on its text."""
     texts = SENTENCES * 3 + ["长三角" * 80, "short", "G60 " * 40]  # more than a batch, lengths mixed

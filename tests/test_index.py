@@ -369,15 +369,18 @@ def test_pooled_chunk_vectors_are_the_length_weighted_mean_of_their_sentences(se
         assert np.allclose(got, want / np.linalg.norm(want), atol=1e-6)
 
 
-def test_switching_passage_precision_rebuilds_with_the_reason(settings, embedder):
-    """Old and new vectors would be embedded at different precisions: one index holds one kind."""
-    assert settings.passage_precision == "fp32"
+def test_switching_to_or_from_int8_passages_rebuilds_with_the_reason(settings, embedder):
+    """int8 vectors differ from float32's (cosine 0.996): one index holds one kind. bfloat16's agree
+    with float32's to 0.99999, so "auto" may pick either on different machines without a rebuild."""
+    assert settings.passage_precision == "auto"
     build(settings, embedder)
+    for same in ("fp32", "bf16", "auto"):
+        assert refresh_index(settings.with_(passage_precision=same), embedder).rebuilt_because is None
     report = refresh_index(settings.with_(passage_precision="int8"), embedder)
     assert "chunking" in report.rebuilt_because and "int8" in report.rebuilt_because
     report = refresh_index(settings.with_(passage_precision="int8"), embedder)
     assert report.rebuilt_because is None
-    report = refresh_index(settings, embedder)  # and back
+    report = refresh_index(settings.with_(passage_precision="fp32"), embedder)  # and back
     assert "chunking" in report.rebuilt_because
 
 
