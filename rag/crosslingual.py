@@ -487,13 +487,17 @@ class QueryWords:
     stems: dict[str, str] = field(init=False)
     # The words' summed IDF, which every share of them is a fraction of.
     total: float = field(init=False, repr=False)
-    # What `positions` asks for on every sentence judged, worked out once.
-    _known: dict[str, tuple[frozenset[str], str | None]] = field(init=False, repr=False)
+    # What `positions` asks for on every sentence judged, worked out once: each form that stands
+    # for a word (the word, its pinyin, translations, parts, stem), and the words it stands for.
+    _by_form: dict[str, frozenset[str]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stems", {w: stem(w) for w in self.forms if w.isascii() and w.isalpha()})
-        known = {w: (self.forms[w] | self.parts[w], stem(w) if w.isascii() else None) for w in self.forms}
-        object.__setattr__(self, "_known", known)
+        by_form: dict[str, set[str]] = {}
+        for word in self.forms:
+            for form in self.forms[word] | self.parts[word] | ({stem(word)} if word.isascii() else set()):
+                by_form.setdefault(form, set()).add(word)
+        object.__setattr__(self, "_by_form", {form: frozenset(words) for form, words in by_form.items()})
         object.__setattr__(self, "total", sum(self.weights.values()))
 
     @classmethod
@@ -540,10 +544,14 @@ class QueryWords:
     def positions(self, text: str) -> dict[str, list[int]]:
         """Where in `text` (NFKC-normalised) each word occurs in some form: {word: [offsets]}."""
         out: dict[str, list[int]] = {}
+        by_form = self._by_form
         for forms, at in _pieces(text):
-            for word, (word_forms, word_stem) in self._known.items():
-                if not word_forms.isdisjoint(forms) or (word_stem is not None and word_stem in forms):
-                    out.setdefault(word, []).append(at)
+            # A piece has two forms (itself and its pinyin or stem): look them up, not every word.
+            matched = [by_form[f] for f in forms if f in by_form]
+            if matched:
+                for word in self.forms if len(matched) > 1 or len(matched[0]) > 1 else matched[0]:
+                    if any(word in m for m in matched):
+                        out.setdefault(word, []).append(at)
         return out
 
     def coverage(self, terms: Collection[str], stems: Collection[str] | None = None) -> float:
