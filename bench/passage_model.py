@@ -1,11 +1,12 @@
-"""What the passage model costs a build: float32 or int8 weights, and how texts are batched.
+"""What the passage model costs a build: float32, bfloat16 or int8, and how texts are batched.
 
 Run: python bench/passage_model.py [--threads 1] [--articles 12]
 Embeds XQuAD text two ways: chunk-sized pieces (450 characters) and sentences (rag.chunking's
-splitter), with float32 and `--passage-precision int8` weights, batched as sentence-transformers
-orders a call (by characters, 32 a batch; what rag did before) and as rag.embeddings does now
-(by tokens, 16 a batch; 8 and 32 for comparison). Prints seconds per configuration and, for int8,
-the cosine of its vectors to float32's. Quiet machine advised: the script does not wait for one.
+splitter), with `--passage-precision` fp32, bf16 (skipped on a CPU without native bfloat16, where
+"auto" means fp32) and int8, batched as sentence-transformers orders a call (by characters, 32 a
+batch; what rag did before) and as rag.embeddings does now (by tokens, 16 a batch; 8 and 32 for
+comparison). Prints seconds per configuration and, for bf16 and int8, the cosine of their vectors
+to float32's. Quiet machine advised: the script does not wait for one.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from common import ROOT, emit  # noqa: E402
 
 from rag.chunking import split_sentences  # noqa: E402
 from rag.config import Settings  # noqa: E402
-from rag.embeddings import SentenceTransformerEmbedder  # noqa: E402
+from rag.embeddings import SentenceTransformerEmbedder, native_bf16  # noqa: E402
 
 
 def texts_of(articles: int) -> dict[str, list[str]]:
@@ -35,17 +36,24 @@ def texts_of(articles: int) -> dict[str, list[str]]:
 
 
 def sentence_transformers_order(embedder: SentenceTransformerEmbedder, texts: list[str], batch: int) -> np.ndarray:
-    """What rag did before: one call, sentence-transformers sorting by characters."""
-    return np.asarray(
-        embedder._model.encode(
-            texts,
-            prompt_name=embedder._passage_prompt,
-            batch_size=batch,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        ),
-        dtype=np.float32,
-    )
+    """What rag did before: one call, sentence-transformers sorting by characters (bf16 under
+    autocast, as rag.embeddings runs it)."""
+    import contextlib
+
+    import torch
+
+    bf16 = embedder.passage_precision == "bf16"
+    with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+        return np.asarray(
+            embedder._model.encode(
+                texts,
+                prompt_name=embedder._passage_prompt,
+                batch_size=batch,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            ),
+            dtype=np.float32,
+        )
 
 
 def main() -> int:
@@ -60,7 +68,8 @@ def main() -> int:
     figures: dict = {"threads": args.threads}
     rows = []
     reference: dict[str, np.ndarray] = {}
-    for precision in ("fp32", "int8"):
+    precisions = ("fp32", "bf16", "int8") if native_bf16() else ("fp32", "int8")
+    for precision in precisions:
         embedder = SentenceTransformerEmbedder(settings.embed_model, settings.cache_dir, precision=precision)
         embedder.embed_passages(["warm-up"])
         for kind, texts in texts_of(args.articles).items():
@@ -78,7 +87,7 @@ def main() -> int:
                 note = ""
                 if precision == "fp32" and label == "tokens, 16":
                     reference[kind] = vectors
-                if precision == "int8" and label == "tokens, 16":
+                if precision != "fp32" and label == "tokens, 16":
                     cosine = (vectors * reference[kind]).sum(axis=1)
                     figures[key]["cosine_to_fp32"] = [round(float(cosine.mean()), 4), round(float(cosine.min()), 4)]
                     note = f"  cosine to fp32 mean {cosine.mean():.4f} min {cosine.min():.4f}"
