@@ -50,7 +50,7 @@ from common import ROOT, emit, percentile  # noqa: E402
 from rag.assistant import Assistant  # noqa: E402
 from rag.config import Settings  # noqa: E402
 from rag.documents import load_corpus, normalize  # noqa: E402
-from rag.embeddings import load_embedder  # noqa: E402
+from rag.embeddings import load_embedder, native_bf16  # noqa: E402
 from rag.evaluate import language_direction, load_qa, normalize_answer  # noqa: E402
 from rag.judge import clear_caches as clear_judge_caches  # noqa: E402
 
@@ -71,11 +71,23 @@ PEER_CONFIGS = {
     "LlamaIndex hybrid, same embedder, bf16 passages": (1024, "bf16"),
     PEER_HF: (1024, HF),
 }
-# rag as shipped and with float32 passages: the settings each changes.
+# rag as shipped, and the settings each other row changes.
 RAG_CONFIGS = {
     "rag": {},
     "rag, fp32 passages": {"passage_precision": "fp32"},
+    "rag, int8 passages": {"passage_precision": "int8"},
+    "rag, int8 + pooled chunk vectors": {"passage_precision": "int8", "chunk_vectors": "pooled"},
 }
+
+
+def configurations() -> tuple[dict, dict]:
+    """The rows this CPU can tell apart. With native bfloat16, rag as shipped is bf16: float32 is
+    the row to compare. Without it, bf16 would be emulated (about 6x slower, no one's choice) and
+    "auto" is float32: the int8 options are the rows that show what a build can save here."""
+    native = native_bf16()
+    peers = {k: v for k, v in PEER_CONFIGS.items() if native or v[1] != "bf16"}
+    rags = {k: v for k, v in RAG_CONFIGS.items() if (native != ("int8" in k)) or k == "rag"}
+    return peers, rags
 
 
 def wait_for_quiet(max_load: float, max_wait_s: float) -> float:
@@ -257,23 +269,26 @@ def bench_eval(name: str, rounds: int, quiet_load: float, quiet_wait: float, cac
     documents, _ = load_corpus(corpus)
     work = Path(tempfile.mkdtemp(prefix=f"peer-{name}-"))
     settings = Settings.from_env(corpus_dir=corpus, index_dir=work / "index", cache_dir=cache_dir)
-    embedders = {p: load_embedder(settings.embed_model, cache_dir, p) for p in ("auto", "fp32", "bf16")}
+    peer_configs, rag_configs = configurations()
+    precisions = {"auto", *(p for _, p in peer_configs.values() if p != HF)}
+    precisions |= {c.get("passage_precision", "auto") for c in rag_configs.values()}
+    embedders = {p: load_embedder(settings.embed_model, cache_dir, p) for p in sorted(precisions)}
     for model in embedders.values():  # the passage model loads on first use: in no system's build time
         model.embed_passages(["warm-up"])
     embedders[HF] = huggingface_embedding(settings)
-    runs: dict[str, list[dict]] = {label: [] for label in [*PEER_CONFIGS, *RAG_CONFIGS]}
+    runs: dict[str, list[dict]] = {label: [] for label in [*peer_configs, *rag_configs]}
     loads = []
     # Alternating: a peer configuration, then a rag one, until both lists are done.
-    peers, rags = [("peer", label) for label in PEER_CONFIGS], [("rag", label) for label in RAG_CONFIGS]
+    peers, rags = [("peer", label) for label in peer_configs], [("rag", label) for label in rag_configs]
     order = [step for pair in itertools.zip_longest(peers, rags) for step in pair if step is not None]
     for _ in range(rounds):
         for system, label in order:
             loads.append(wait_for_quiet(quiet_load, quiet_wait))
             if system == "peer":
-                chunk_tokens, precision = PEER_CONFIGS[label]
+                chunk_tokens, precision = peer_configs[label]
                 runs[label].append(run_peer(label, chunk_tokens, documents, embedders[precision], rows))
             else:
-                changed = settings.with_(**RAG_CONFIGS[label])
+                changed = settings.with_(**rag_configs[label])
                 runs[label].append(run_rag(changed, embedders[changed.passage_precision], rows))
     shutil.rmtree(work, ignore_errors=True)
     table = {}
@@ -308,7 +323,8 @@ def main() -> int:
     for name in ["bundled", "xquad"] if args.eval == "both" else [args.eval]:
         figures = bench_eval(name, args.rounds, args.quiet_load, args.quiet_wait, cache_dir)
         rows = []
-        for label in [*PEER_CONFIGS, *RAG_CONFIGS]:
+        peer_configs, rag_configs = configurations()
+        for label in [*peer_configs, *rag_configs]:
             f = figures[label]
             rows.append(
                 (
@@ -320,7 +336,7 @@ def main() -> int:
             )
         for peer_label in (PEER, PEER_HF):
             peer = figures[peer_label]
-            for label in RAG_CONFIGS:
+            for label in rag_configs:
                 rag = figures[label]
                 rows.append(
                     (

@@ -148,8 +148,8 @@ def _load_sentence_transformer(name: str, cache_dir: str, precision: str = "fp32
 def native_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX), as torch sees it.
 
-    Elsewhere torch would emulate bfloat16 in software (not measured here: this machine has it), so
-    "auto" stays float32.
+    Elsewhere torch emulates bfloat16 in software, about 6x slower than float32 (bench/passage_model.py
+    on an AVX2-only CPU), so "auto" stays float32 there.
     The probes are torch's own (private, so a torch without them counts as no).
     """
     try:
