@@ -213,8 +213,12 @@ def new_numbers(text: str, question: str) -> list[str]:
 def new_names(text: str, question: str) -> list[str]:
     """Names in `text` (capitalised words, 名·名, 《titles》) that the question does not mention."""
     q = normalize(question).lower()
+    return [n for n in _names(text) if _is_new_name(n, q)]
+
+
+def _is_new_name(name: str, question_lower: str) -> bool:
     # "The", "In", "However" open sentences with a capital too.
-    return [n for n in _names(text) if n.lower() not in q and n.lower() not in _NOT_NAMES]
+    return name.lower() not in question_lower and name.lower() not in _NOT_NAMES
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -545,9 +549,7 @@ def candidate_features(index: Index, retrieval, words: QueryWords | None = None)
             "asks_date": float(kind.date),
             "gives_date": float(kind.date and any(d not in q_dates for d in view.dates)),
             "asks_name": float(kind.name),
-            "gives_name": float(
-                kind.name and any(n.lower() not in q_lower and n.lower() not in _NOT_NAMES for n in view.names)
-            ),
+            "gives_name": float(kind.name and any(_is_new_name(n, q_lower) for n in view.names)),
             "new_words": (
                 (len(view.raw_words) - sum(map(view.word_counts.__getitem__, view.word_counts.keys() & q_words)))
                 / len(view.raw_words)
