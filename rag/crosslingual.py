@@ -489,7 +489,8 @@ class QueryWords:
     total: float = field(init=False, repr=False)
     # What `positions` asks for on every sentence judged, worked out once: each form that stands
     # for a word (the word, its pinyin, translations, parts, stem), and the words it stands for.
-    _by_form: dict[str, frozenset[str]] = field(init=False, repr=False)
+    _by_form: dict[str, tuple[str, ...]] = field(init=False, repr=False)
+    _order: dict[str, int] = field(init=False, repr=False)  # each word's place among `forms`
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stems", {w: stem(w) for w in self.forms if w.isascii() and w.isalpha()})
@@ -497,7 +498,10 @@ class QueryWords:
         for word in self.forms:
             for form in self.forms[word] | self.parts[word] | ({stem(word)} if word.isascii() else set()):
                 by_form.setdefault(form, set()).add(word)
-        object.__setattr__(self, "_by_form", {form: frozenset(words) for form, words in by_form.items()})
+        order = {word: i for i, word in enumerate(self.forms)}
+        object.__setattr__(self, "_order", order)
+        by_order = {form: tuple(sorted(words, key=order.__getitem__)) for form, words in by_form.items()}
+        object.__setattr__(self, "_by_form", by_order)
         object.__setattr__(self, "total", sum(self.weights.values()))
 
     @classmethod
@@ -548,10 +552,12 @@ class QueryWords:
         for forms, at in _pieces(text):
             # A piece has two forms (itself and its pinyin or stem): look them up, not every word.
             matched = [by_form[f] for f in forms if f in by_form]
-            if matched:
-                for word in self.forms if len(matched) > 1 or len(matched[0]) > 1 else matched[0]:
-                    if any(word in m for m in matched):
-                        out.setdefault(word, []).append(at)
+            if not matched:
+                continue
+            # Words in the query's order, as a scan of every word would find them.
+            words = matched[0] if len(matched) == 1 else sorted(set().union(*matched), key=self._order.__getitem__)
+            for word in words:
+                out.setdefault(word, []).append(at)
         return out
 
     def coverage(self, terms: Collection[str], stems: Collection[str] | None = None) -> float:
