@@ -3,10 +3,11 @@
 Run: python bench/passage_model.py [--threads 1] [--articles 12]
 Embeds XQuAD text two ways: chunk-sized pieces (450 characters) and sentences (rag.chunking's
 splitter), with `--passage-precision` fp32, bf16 (emulated in software on a CPU without native
-bfloat16, which is why "auto" means fp32 there) and int8, batched as sentence-transformers orders a call (by characters, 32 a
-batch; what rag did before) and as rag.embeddings does now (by tokens, 16 a batch; 8 and 32 for
-comparison). Prints seconds per configuration and, for bf16 and int8, the cosine of their vectors
-to float32's. Quiet machine advised: the script does not wait for one.
+bfloat16, which is why "auto" means fp32 there) and int8, batched as sentence-transformers orders
+a call (by characters, 32 a batch; what rag did before) and as rag.embeddings does now (by
+tokens, 16 a batch; 8 and 32 for comparison). Prints seconds per configuration and, for bf16
+and int8, the cosine of their vectors to float32's. Quiet machine advised: the script does not
+wait for one.
 """
 
 from __future__ import annotations

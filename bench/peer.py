@@ -12,8 +12,10 @@ The peer is configured as a capable user would: the same multilingual-e5-small m
   show what that alone is worth to a build;
 - "its HuggingFaceEmbedding": the converted model through LlamaIndex's own HuggingFaceEmbedding
   (sentence-transformers on torch, for questions too): LlamaIndex as it comes.
-rag runs as shipped (passage precision "auto": bf16 on a CPU with native bfloat16) and with
-float32 passages. Each rag run starts with the judge's per-sentence caches empty, so no
+rag runs as shipped (passage precision "auto": bf16 on a CPU with native bfloat16, else fp32), and
+beside it with float32 passages where "auto" is bf16, or with its int8 options (int8 passages, and
+those with pooled chunk vectors) where it is fp32; the bf16 peer runs only where bf16 is native
+(`configurations`). Each rag run starts with the judge's per-sentence caches empty, so no
 configuration inherits the sentences another one analysed.
 
 Measured, for each system:
@@ -86,7 +88,8 @@ def configurations() -> tuple[dict, dict]:
     "auto" is float32: the int8 options are the rows that show what a build can save here."""
     native = native_bf16()
     peers = {k: v for k, v in PEER_CONFIGS.items() if native or v[1] != "bf16"}
-    rags = {k: v for k, v in RAG_CONFIGS.items() if (native != ("int8" in k)) or k == "rag"}
+    keep = {"auto", "fp32"} if native else {"auto", "int8"}
+    rags = {k: v for k, v in RAG_CONFIGS.items() if v.get("passage_precision", "auto") in keep}
     return peers, rags
 
 
