@@ -500,8 +500,9 @@ def candidate_features(index: Index, retrieval, words: QueryWords | None = None)
     q_content = {t for t in q_tokens if t not in STOPWORDS}
     q_words = set(q_tokens)
     q_dates = {m.group().lower() for m in _DATE.finditer(query)}
-    q_numbers = set(_NUMBER.findall(normalize(query)))  # as `new_numbers` and `new_names` read the question
-    q_lower = normalize(query).lower()
+    q_normalized = normalize(query)  # as `new_numbers` and `new_names` read the question
+    q_numbers = set(_NUMBER.findall(q_normalized))
+    q_lower = q_normalized.lower()
     translated_set = frozenset(t for t, _ in translated_weights)
 
     out: list[Candidate] = []
